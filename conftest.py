@@ -1,0 +1,11 @@
+"""Root pytest configuration: every async test runs on asyncio and on trio."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Override anyio's fixture so no async test silently runs on one backend only."""
+    return str(request.param)

@@ -1,0 +1,1 @@
+"""Stateless tracing layer on top of sgp_client (see its own issue)."""
