@@ -1,0 +1,358 @@
+"""``AsyncSGPClient``: the typed async client of the SGP spans API.
+
+One ``httpx.AsyncClient`` with keep-alive pooling underneath; every request carries the key
+and account headers; errors are translated to the ``SGPError`` tree at this seam; direct calls
+retry transient failures with backoff within a deadline for the whole call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Final, Self
+
+import anyio
+import httpx
+
+from ._config import ClientConfig, resolve_config
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    ClientClosedError,
+    SGPError,
+    status_error_class,
+)
+from ._models import Span, SpanItem
+from ._retry import Backoff, is_transient, parse_retry_after
+from ._serialization import dumps, encode_item, encode_items_body, loads, structure
+
+__all__ = ["DEFAULT_TIMEOUT", "MAX_BATCH_ITEMS", "AsyncSGPClient", "SpansResource"]
+
+logger = logging.getLogger("sgp_client")
+
+#: The API rejects batches larger than this.
+MAX_BATCH_ITEMS: Final = 1000
+#: Per-request timeouts, as the official SDK: 60 s overall, 5 s to connect.
+DEFAULT_TIMEOUT: Final = httpx.Timeout(60.0, connect=5.0)
+_BATCH_PATH: Final = "/v5/spans/batch"
+
+
+class AsyncSGPClient:
+    """Async client of the SGP API.
+
+    Settings come from keyword arguments, then ``SGP_API_KEY``, ``SGP_ACCOUNT_ID`` and
+    ``SGP_CLIENT_BASE_URL`` (empty variables count as unset), then the production URL.
+    Use it as ``async with AsyncSGPClient() as client:`` or call ``aclose()``.
+
+    ``transport=`` takes any httpx async transport (``httpx.ASGITransport`` for in-process
+    tests); ``http_client=`` an ``httpx.AsyncClient`` you own (it is not closed for you).
+    ``max_retries`` applies to direct calls; ``call_timeout`` bounds a whole call, retries
+    included.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        account_id: str | None = None,
+        base_url: str | None = None,
+        environment: str | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        max_retries: int = 2,
+        call_timeout: float | None = 180.0,
+        backoff: Backoff | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        max_connections: int = 64,
+        allow_insecure_http: bool = False,
+    ) -> None:
+        if transport is not None and http_client is not None:
+            raise ValueError("pass either transport= or http_client=, not both")
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self._config: ClientConfig = resolve_config(
+            api_key=api_key,
+            account_id=account_id,
+            base_url=base_url,
+            environment=environment,
+            allow_insecure_http=allow_insecure_http,
+        )
+        self.max_retries = max_retries
+        self.call_timeout = call_timeout
+        self.backoff = backoff or Backoff()
+        self._headers = {
+            "x-api-key": self._config.api_key,
+            "x-selected-account-id": self._config.account_id,
+            "content-type": "application/json",
+            "accept": "application/json",
+        }
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(
+            transport=transport,
+            timeout=timeout,
+            # Keep-alive pooling: a queue sends many batches over few connections.
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            # TLS verification stays on (httpx's default); never follow redirects with a key.
+            follow_redirects=False,
+        )
+        self._closed = False
+        self._pid = os.getpid()
+        self.spans = SpansResource(self)
+
+    @property
+    def base_url(self) -> str:
+        """The base URL every path is joined to."""
+        return self._config.base_url
+
+    @property
+    def account_id(self) -> str:
+        """The account every request is made for."""
+        return self._config.account_id
+
+    @property
+    def closed(self) -> bool:
+        """True once ``aclose()`` ran."""
+        return self._closed
+
+    def __repr__(self) -> str:
+        return f"AsyncSGPClient(base_url={self.base_url!r}, account_id={self.account_id!r})"
+
+    async def __aenter__(self) -> Self:
+        self._check_usable()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool (if the client created it). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_http and os.getpid() == self._pid:
+            with anyio.CancelScope(shield=True):
+                await self._http.aclose()
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise ClientClosedError("this AsyncSGPClient is closed; create a new one")
+        if os.getpid() != self._pid:
+            # A forked child would share the parent's sockets: refuse rather than corrupt them.
+            raise ClientClosedError(
+                "this AsyncSGPClient was created in another process (before a fork); "
+                "create a new client in the child"
+            )
+
+    async def send_once(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        params: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        """Send one request, no retries; translate failures into the ``SGPError`` tree.
+
+        Returns the response of a 2xx answer; raises ``APIStatusError`` subclasses otherwise.
+        """
+        self._check_usable()
+        url = self._config.base_url + path
+        try:
+            response = await self._http.request(
+                method,
+                url,
+                content=content,
+                params=params,
+                headers=self._headers,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.TimeoutException as exc:
+            raise APITimeoutError(
+                f"{method} {url} timed out ({type(exc).__name__})", method=method, url=url
+            ) from exc
+        except httpx.TransportError as exc:
+            raise APIConnectionError(
+                f"{method} {url} failed: {type(exc).__name__}: {exc}", method=method, url=url
+            ) from exc
+        if response.status_code >= 400:
+            raise self._status_error(response, method, url)
+        return response
+
+    def _status_error(self, response: httpx.Response, method: str, url: str) -> APIError:
+        detail: Any
+        try:
+            body = loads(response.content)
+            detail = body.get("detail", body) if isinstance(body, dict) else body
+        except ValueError:
+            detail = response.text[:500] or response.reason_phrase
+        cls = status_error_class(response.status_code)
+        return cls(
+            status_code=response.status_code,
+            detail=detail,
+            request_id=response.headers.get("x-request-id"),
+            method=method,
+            url=url,
+            retry_after=parse_retry_after(
+                response.headers.get("retry-after"), cap=self.backoff.max_retry_after
+            ),
+        )
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        params: Mapping[str, Any] | None = None,
+        max_retries: int | None = None,
+    ) -> Any:
+        """Send a request with retries of transient failures; return the decoded JSON answer.
+
+        Connection errors, timeouts, 408, 429, 502, 503 and 504 are retried with backoff and
+        jitter, honouring ``Retry-After``; nothing else is. ``call_timeout`` bounds it all.
+        """
+        retries = self.max_retries if max_retries is None else max_retries
+        deadline = None if self.call_timeout is None else time.monotonic() + self.call_timeout
+        attempt = 0
+        while True:
+            try:
+                with anyio.fail_after(_remaining(deadline)):
+                    response = await self.send_once(method, path, content=content, params=params)
+                return loads(response.content) if response.content else None
+            except TimeoutError:
+                raise APITimeoutError(
+                    f"{method} {path}: call deadline of {self.call_timeout} s exceeded",
+                    method=method,
+                    url=self._config.base_url + path,
+                ) from None
+            except SGPError as exc:
+                if attempt >= retries or not is_transient(exc):
+                    raise
+                delay = self.backoff.delay(attempt, getattr(exc, "retry_after", None))
+                remaining = _remaining(deadline)
+                if remaining is not None and delay >= remaining:
+                    raise
+                logger.debug(
+                    "retrying %s %s in %.2f s after %s", method, path, delay, type(exc).__name__
+                )
+                attempt += 1
+                await anyio.sleep(delay)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    return max(deadline - time.monotonic(), 0.0)
+
+
+class SpansResource:
+    """The ``/v5/spans`` endpoints, reached as ``client.spans``."""
+
+    def __init__(self, client: AsyncSGPClient) -> None:
+        self._client = client
+
+    async def upsert_batch(self, items: Iterable[SpanItem]) -> list[Span]:
+        """Insert or replace up to 1000 spans (``PUT /v5/spans/batch``); returns what is stored.
+
+        Spans are keyed by (``trace_id``, ``id``); a completed span beats an in-progress one.
+        """
+        body = _batch_body(items)
+        answer = await self._client.request("PUT", _BATCH_PATH, content=body)
+        return structure(answer["items"], list[Span])
+
+    async def batch(self, items: Iterable[SpanItem]) -> list[Span]:
+        """Insert up to 1000 new spans (``POST /v5/spans/batch``), without replacing."""
+        body = _batch_body(items)
+        answer = await self._client.request("POST", _BATCH_PATH, content=body)
+        return structure(answer["items"], list[Span])
+
+    async def create(self, item: SpanItem) -> Span:
+        """Create one span (``POST /v5/spans``)."""
+        answer = await self._client.request("POST", "/v5/spans", content=encode_item(item))
+        return structure(answer, Span)
+
+    async def get(self, span_id: str) -> Span:
+        """Fetch one span by id (``GET /v5/spans/{span_id}``); ``NotFoundError`` if absent."""
+        if not span_id or "/" in span_id:
+            raise ValueError(f"invalid span id {span_id!r}")
+        answer = await self._client.request("GET", f"/v5/spans/{span_id}")
+        return structure(answer, Span)
+
+    def search(
+        self,
+        *,
+        trace_ids: Sequence[str] | None = None,
+        span_ids: Sequence[str] | None = None,
+        parent_ids: Sequence[str] | None = None,
+        names: Sequence[str] | None = None,
+        group_id: str | None = None,
+        parents_only: bool | None = None,
+        page_size: int = 100,
+        sort_order: str | None = None,
+        sort_by: str | None = None,
+        **filters: Any,
+    ) -> AsyncIterator[Span]:
+        """Iterate over every span matching the filters, fetching cursor pages as needed.
+
+        Filters go in the JSON body (``POST /v5/spans/search``); other API filters can be
+        passed as keyword arguments.
+        """
+        if not 1 <= page_size <= 1000:
+            raise ValueError("page_size must be between 1 and 1000")
+        body: dict[str, Any] = {
+            key: list(value) if isinstance(value, (list, tuple)) else value
+            for key, value in {
+                "trace_ids": trace_ids,
+                "span_ids": span_ids,
+                "parent_ids": parent_ids,
+                "names": names,
+                "group_id": group_id,
+                "parents_only": parents_only,
+                **filters,
+            }.items()
+            if value is not None
+        }
+        params: dict[str, Any] = {"limit": page_size}
+        if sort_order is not None:
+            params["sort_order"] = sort_order
+        if sort_by is not None:
+            params["sort_by"] = sort_by
+        return self._pages(dumps(body), params)
+
+    async def _pages(self, body: bytes, params: dict[str, Any]) -> AsyncIterator[Span]:
+        while True:
+            page = await self._client.request(
+                "POST", "/v5/spans/search", content=body, params=params
+            )
+            items = page.get("items") or []
+            for span in structure(items, list[Span]):
+                yield span
+            cursor = page.get("next_cursor") or (items[-1]["id"] if items else None)
+            if not page.get("has_more") or cursor is None:
+                return
+            params = {**params, "starting_after": cursor}
+
+
+def _batch_body(items: Iterable[SpanItem]) -> bytes:
+    items = list(items)
+    if len(items) > MAX_BATCH_ITEMS:
+        raise ValueError(
+            f"a batch holds at most {MAX_BATCH_ITEMS} items, got {len(items)}; "
+            "split it, or use UpsertQueue"
+        )
+    for index, item in enumerate(items):
+        if not isinstance(item, SpanItem):
+            raise TypeError(f"items[{index}] is a {type(item).__name__}, expected SpanItem")
+    return encode_items_body([encode_item(item) for item in items])

@@ -1,0 +1,298 @@
+"""Request and response models of the spans API, and the checks a span item must pass.
+
+``SpanItem`` is what you send (the API's SpanCreate); ``Span`` is what the API answers.
+Both are frozen attrs classes without serialization code: see ``_serialization``.
+
+Naive datetimes are taken to be UTC (the API stores UTC, and ``datetime.utcnow()`` is common
+in agent code); they are sent with an explicit ``+00:00`` offset.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from itertools import count
+from typing import Any, Final, Literal, TypeAlias, get_args
+
+import attrs
+
+from ._exceptions import InvalidSpanError
+
+__all__ = [
+    "MAX_ID_BYTES",
+    "SPAN_STATUSES",
+    "SPAN_TYPES",
+    "Identity",
+    "Span",
+    "SpanItem",
+    "SpanStatus",
+    "SpanType",
+    "new_span_id",
+    "validate_span_item",
+]
+
+SpanStatus: TypeAlias = Literal["SUCCESS", "ERROR", "CANCELED"]
+SpanType: TypeAlias = Literal[
+    "TEXT_INPUT",
+    "TEXT_OUTPUT",
+    "COMPLETION_INPUT",
+    "COMPLETION",
+    "KB_RETRIEVAL",
+    "KB_INPUT",
+    "RERANKING",
+    "EXTERNAL_ENDPOINT",
+    "PROMPT_ENGINEERING",
+    "DOCUMENT_INPUT",
+    "MAP_REDUCE",
+    "DOCUMENT_SEARCH",
+    "DOCUMENT_PROMPT",
+    "CUSTOM",
+    "CODE_EXECUTION",
+    "DATA_MANIPULATION",
+    "EVALUATION",
+    "FILE_RETRIEVAL",
+    "KB_ADD_CHUNK",
+    "KB_MANAGEMENT",
+    "GUARDRAIL",
+    "OUTPUT_GUARDRAIL",
+    "TRACER",
+    "AGENT_TRACER",
+    "AGENT_WORKFLOW",
+    "STANDALONE",
+]
+SPAN_STATUSES: Final[frozenset[str]] = frozenset(get_args(SpanStatus))
+SPAN_TYPES: Final[frozenset[str]] = frozenset(get_args(SpanType))
+
+#: The API's limit on ``id``, ``trace_id``, ``parent_id`` and ``group_id``, in UTF-8 bytes.
+MAX_ID_BYTES: Final = 256
+
+_OBS_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+_OBS_SPAN_ID = re.compile(r"[0-9a-f]{16}")
+
+# A random 64-bit process prefix plus a counter: unique across processes without the ~2 us
+# that uuid4() costs on the hot path. Reseeded after fork so parent and child never collide.
+_id_counter = count()
+_id_prefix = os.urandom(8).hex()
+
+
+def _reseed_ids() -> None:
+    global _id_counter, _id_prefix
+    _id_counter = count()
+    _id_prefix = os.urandom(8).hex()
+
+
+os.register_at_fork(after_in_child=_reseed_ids)
+
+
+def new_span_id() -> str:
+    """A fresh 32-hex-digit span id, unique across processes."""
+    return f"{_id_prefix}{next(_id_counter):016x}"
+
+
+def _check_id(field: str, value: object, *, required: bool) -> None:
+    if value is None:
+        if required:
+            raise InvalidSpanError(field, "is required")
+        return
+    if type(value) is not str:
+        raise InvalidSpanError(field, f"must be a str, got {type(value).__name__}")
+    if not value:
+        raise InvalidSpanError(field, "must not be empty")
+    # Fast path: short ASCII ids (the usual case) need no encoding.
+    if value.isascii() and len(value) <= MAX_ID_BYTES:
+        if "\x00" in value:
+            raise InvalidSpanError(field, "must not contain a NUL byte")
+        return
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidSpanError(field, "is not valid UTF-8 (lone surrogate)") from None
+    if size > MAX_ID_BYTES:
+        raise InvalidSpanError(field, f"is {size} UTF-8 bytes, the limit is {MAX_ID_BYTES}")
+    if "\x00" in value:
+        raise InvalidSpanError(field, "must not contain a NUL byte")
+
+
+def _check_optional_str(field: str, value: object) -> None:
+    if value is not None and type(value) is not str:
+        raise InvalidSpanError(field, f"must be a str or None, got {type(value).__name__}")
+
+
+def _check_object(field: str, value: object) -> None:
+    if value is not None and not isinstance(value, Mapping):
+        raise InvalidSpanError(
+            field, f"must be a JSON object (a dict) or None, got {type(value).__name__}"
+        )
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def validate_span_item(item: SpanItem) -> None:
+    """Raise ``InvalidSpanError`` for anything the server would reject in this item."""
+    # One inlined expression accepts the usual shape (short ASCII ids, aware datetimes,
+    # dicts) in well under a microsecond; it runs twice per span on the tracing hot path.
+    # Anything else takes the thorough path, which also builds the precise error.
+    sid, tid, pid, gid = item.id, item.trace_id, item.parent_id, item.group_id
+    start, end = item.start_timestamp, item.end_timestamp
+    inp, out, meta, exp = item.input, item.output, item.metadata, item.expected
+    status, kind = item.status, item.type
+    if (
+        type(sid) is str
+        and 0 < len(sid) <= MAX_ID_BYTES
+        and sid.isascii()
+        and "\x00" not in sid
+        and type(tid) is str
+        and 0 < len(tid) <= MAX_ID_BYTES
+        and tid.isascii()
+        and "\x00" not in tid
+        and (
+            pid is None
+            or (
+                type(pid) is str
+                and 0 < len(pid) <= MAX_ID_BYTES
+                and pid.isascii()
+                and "\x00" not in pid
+            )
+        )
+        and gid is None
+        and type(item.name) is str
+        and type(start) is datetime
+        and start.tzinfo is not None
+        and (end is None or (type(end) is datetime and end.tzinfo is not None and end >= start))
+        and (status is None or status in SPAN_STATUSES)
+        and (kind is None or kind in SPAN_TYPES)
+        and (inp is None or type(inp) is dict)
+        and (out is None or type(out) is dict)
+        and (meta is None or type(meta) is dict)
+        and (exp is None or type(exp) is dict)
+        and item.application_interaction_id is None
+        and item.application_variant_id is None
+        and item.obs_trace_id is None
+        and item.obs_span_id is None
+    ):
+        return
+    _validate_thoroughly(item)
+
+
+def _validate_thoroughly(item: SpanItem) -> None:
+    _check_id("id", item.id, required=True)
+    _check_id("trace_id", item.trace_id, required=True)
+    _check_id("parent_id", item.parent_id, required=False)
+    _check_id("group_id", item.group_id, required=False)
+    if type(item.name) is not str:
+        raise InvalidSpanError("name", f"must be a str, got {type(item.name).__name__}")
+    start, end = item.start_timestamp, item.end_timestamp
+    if not isinstance(start, datetime):
+        raise InvalidSpanError("start_timestamp", f"must be a datetime, got {type(start).__name__}")
+    if end is not None:
+        if not isinstance(end, datetime):
+            raise InvalidSpanError("end_timestamp", f"must be a datetime, got {type(end).__name__}")
+        if (start.tzinfo is None) is (end.tzinfo is None):
+            before = end < start
+        else:
+            before = _as_utc(end) < _as_utc(start)
+        if before:
+            raise InvalidSpanError(
+                "end_timestamp", f"{end.isoformat()} is before start {start.isoformat()}"
+            )
+    if item.status is not None and item.status not in SPAN_STATUSES:
+        raise InvalidSpanError("status", f"{item.status!r} is not one of {sorted(SPAN_STATUSES)}")
+    if item.type is not None and item.type not in SPAN_TYPES:
+        raise InvalidSpanError("type", f"{item.type!r} is not a known span type")
+    _check_object("input", item.input)
+    _check_object("output", item.output)
+    _check_object("metadata", item.metadata)
+    _check_object("expected", item.expected)
+    _check_optional_str("application_interaction_id", item.application_interaction_id)
+    _check_optional_str("application_variant_id", item.application_variant_id)
+    if item.obs_trace_id is not None and (
+        type(item.obs_trace_id) is not str or not _OBS_TRACE_ID.fullmatch(item.obs_trace_id)
+    ):
+        raise InvalidSpanError("obs_trace_id", "must be 32 lowercase hex digits")
+    if item.obs_span_id is not None and (
+        type(item.obs_span_id) is not str or not _OBS_SPAN_ID.fullmatch(item.obs_span_id)
+    ):
+        raise InvalidSpanError("obs_span_id", "must be 16 lowercase hex digits")
+
+
+# Not slotted on purpose: attrs builds frozen dict-backed instances about a third faster than
+# slotted ones, and this constructor runs twice per span on the tracing hot path.
+@attrs.frozen(kw_only=True, slots=False)
+class SpanItem:
+    """One span as sent to SGP (the API's SpanCreate). Validated when constructed.
+
+    ``id`` defaults to a fresh unique id; the queue keys items by (``trace_id``, ``id``).
+    A span is *completed* when it has an ``end_timestamp``.
+    """
+
+    name: str
+    trace_id: str
+    start_timestamp: datetime
+    id: str = attrs.field(factory=new_span_id)
+    parent_id: str | None = None
+    group_id: str | None = None
+    end_timestamp: datetime | None = None
+    status: SpanStatus | None = None
+    type: SpanType | None = None
+    input: Mapping[str, Any] | None = None
+    output: Mapping[str, Any] | None = None
+    metadata: Mapping[str, Any] | None = None
+    expected: Mapping[str, Any] | None = None
+    application_interaction_id: str | None = None
+    application_variant_id: str | None = None
+    obs_trace_id: str | None = None
+    obs_span_id: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        validate_span_item(self)
+
+    @property
+    def completed(self) -> bool:
+        """True when the span has ended (it carries an ``end_timestamp``)."""
+        return self.end_timestamp is not None
+
+
+@attrs.frozen(kw_only=True)
+class Identity:
+    """Who created a span."""
+
+    id: str
+    type: str
+    object: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Span:
+    """A span as stored by SGP and returned by the API."""
+
+    id: str
+    trace_id: str
+    name: str
+    start_timestamp: datetime
+    account_id: str | None = None
+    parent_id: str | None = None
+    group_id: str | None = None
+    end_timestamp: datetime | None = None
+    status: str | None = None
+    type: str | None = None
+    input: dict[str, Any] | None = None
+    output: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    expected: dict[str, Any] | None = None
+    application_interaction_id: str | None = None
+    application_variant_id: str | None = None
+    obs_trace_id: str | None = None
+    obs_span_id: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    created_by: Identity | None = None
+    object: str | None = None
+
+    @property
+    def completed(self) -> bool:
+        """True when the stored span has ended."""
+        return self.end_timestamp is not None

@@ -1,0 +1,120 @@
+"""JSON encoding of span items and decoding of API answers.
+
+Items are encoded with orjson straight from their attributes (the hot path: once per
+``submit``), answers are structured into ``Span`` models by the one private cattrs converter.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Final, TypeVar
+
+import cattrs
+import orjson
+from cattrs.preconf.orjson import make_converter
+
+from ._exceptions import InvalidSpanError
+from ._models import SpanItem
+
+__all__ = ["encode_item", "encode_items_body", "structure", "unstructure"]
+
+T = TypeVar("T")
+
+# Naive datetimes are UTC (see _models); orjson then writes an explicit +00:00 offset.
+_DUMPS_OPTIONS: Final = orjson.OPT_NAIVE_UTC
+
+_OPTIONAL_FIELDS: Final = (
+    "parent_id",
+    "group_id",
+    "end_timestamp",
+    "status",
+    "type",
+    "input",
+    "output",
+    "metadata",
+    "expected",
+    "application_interaction_id",
+    "application_variant_id",
+    "obs_trace_id",
+    "obs_span_id",
+)
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = make_converter()
+    converter.register_structure_hook(datetime, lambda value, _: _parse_datetime(value))
+    converter.register_unstructure_hook(datetime, lambda value: value.isoformat())
+    return converter
+
+
+def _parse_datetime(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value)
+
+
+_converter: Final = _make_converter()
+
+
+def structure(data: Any, cls: type[T]) -> T:
+    """Build a model (``Span``, ``list[Span]``) from decoded JSON; unknown keys are ignored."""
+    return _converter.structure(data, cls)
+
+
+def unstructure(obj: Any) -> Any:
+    """Turn a model into plain JSON-able data."""
+    return _converter.unstructure(obj)
+
+
+def item_to_dict(item: SpanItem) -> dict[str, Any]:
+    """The item as the JSON object the API expects, optional fields left out when None."""
+    attrs_ = item.__dict__
+    data: dict[str, Any] = {
+        "id": item.id,
+        "trace_id": item.trace_id,
+        "name": item.name,
+        "start_timestamp": item.start_timestamp,
+    }
+    for name in _OPTIONAL_FIELDS:
+        value = attrs_[name]
+        if value is not None:
+            data[name] = value
+    return data
+
+
+def encode_item(item: SpanItem) -> bytes:
+    """Encode one item to JSON; ``InvalidSpanError`` names the field that cannot be encoded.
+
+    This is also the snapshot the queue keeps: once encoded, later changes to the caller's
+    dicts cannot change what is sent.
+    """
+    data = item_to_dict(item)
+    try:
+        return orjson.dumps(data, option=_DUMPS_OPTIONS)
+    except (TypeError, ValueError) as exc:
+        raise _encoding_error(data, exc) from None
+
+
+def _encoding_error(data: dict[str, Any], exc: Exception) -> InvalidSpanError:
+    # Find the field that broke encoding, so the message points at it.
+    for name, value in data.items():
+        try:
+            orjson.dumps(value, option=_DUMPS_OPTIONS)
+        except (TypeError, ValueError) as field_exc:
+            return InvalidSpanError(name, f"cannot be encoded as JSON: {field_exc}")
+    return InvalidSpanError("item", f"cannot be encoded as JSON: {exc}")
+
+
+def encode_items_body(encoded_items: list[bytes]) -> bytes:
+    """The ``{"items": [...]}`` body of a batch request, from already-encoded items."""
+    return b'{"items":[' + b",".join(encoded_items) + b"]}"
+
+
+def dumps(data: Any) -> bytes:
+    """Encode any JSON-able value the way the client sends it."""
+    return orjson.dumps(data, option=_DUMPS_OPTIONS)
+
+
+def loads(data: bytes | str) -> Any:
+    """Decode a JSON answer."""
+    return orjson.loads(data)
