@@ -40,6 +40,7 @@ from ._models import (
     SpanType,
     new_span_id,
 )
+from ._queue import DroppedSpan, DropReason, QueueStats, UpsertQueue
 from ._retry import Backoff
 
 __all__ = [
@@ -59,6 +60,8 @@ __all__ = [
     "ClientClosedError",
     "ConfigurationError",
     "ConflictError",
+    "DropReason",
+    "DroppedSpan",
     "Environment",
     "Identity",
     "InternalServerError",
@@ -66,6 +69,7 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "QueueNotRunningError",
+    "QueueStats",
     "RateLimitError",
     "RequestTooLargeError",
     "SGPError",
@@ -75,5 +79,6 @@ __all__ = [
     "SpanType",
     "SpansResource",
     "UnprocessableEntityError",
+    "UpsertQueue",
     "new_span_id",
 ]

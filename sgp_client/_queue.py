@@ -1,0 +1,624 @@
+"""``UpsertQueue``: the coalescing, bounded, fault-tolerant ``upsert_batch`` queue.
+
+Producers call ``submit(item)`` (synchronous, O(1), no I/O). The item is validated and
+encoded at once: the encoded bytes are the snapshot that is eventually sent, so a caller's
+dict changed afterwards changes nothing. Pending items are keyed by (``trace_id``, ``id``):
+a new version of a pending key merges instead of queueing (a completed span beats an
+in-progress one, otherwise the later wins), so a start and its end that meet here go out as
+one write. A dispatcher task sends batches concurrently (``max_in_flight``) with at most one
+write per key in flight, classifies failures (retry, split, bisect, drop) and accounts for
+every item: ``submitted == delivered + coalesced + pending + in_flight + sum(dropped)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType, TracebackType
+from typing import Final, Self
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup
+
+from ._client import MAX_BATCH_ITEMS, AsyncSGPClient
+from ._exceptions import APIStatusError, InvalidSpanError, QueueNotRunningError, SGPError
+from ._models import SpanItem
+from ._retry import Backoff, is_transient
+from ._serialization import encode_item, encode_items_body, loads
+
+__all__ = ["DropReason", "DroppedSpan", "QueueStats", "UpsertQueue"]
+
+logger = logging.getLogger("sgp_client.queue")
+
+_Key = tuple[str, str]
+_BATCH_PATH: Final = "/v5/spans/batch"
+# Room in a request body for the ``{"items":[...]}`` envelope.
+_ENVELOPE_BYTES: Final = 12
+
+
+class DropReason:
+    """Why items were dropped; the keys of ``QueueStats.dropped``."""
+
+    QUEUE_FULL: Final = "queue_full"
+    SHED_START: Final = "shed_start"
+    REJECTED: Final = "rejected"
+    RETRIES_EXHAUSTED: Final = "retries_exhausted"
+    UNAUTHORIZED: Final = "unauthorized"
+    NOT_FOUND: Final = "not_found"
+    SHUTDOWN: Final = "shutdown"
+    ERROR: Final = "error"
+
+
+@attrs.frozen(kw_only=True)
+class DroppedSpan:
+    """An item the queue gave up on, as handed to ``on_drop``: its key and encoded JSON."""
+
+    trace_id: str
+    span_id: str
+    completed: bool
+    payload: bytes = attrs.field(repr=lambda p: f"<{len(p)} bytes>")
+
+    def to_dict(self) -> dict[str, object]:
+        """The item as the JSON object that would have been sent."""
+        data: dict[str, object] = loads(self.payload)
+        return data
+
+
+@attrs.frozen(kw_only=True)
+class QueueStats:
+    """A consistent snapshot of the queue's counters.
+
+    ``submitted == delivered + coalesced + pending + in_flight + sum(dropped.values())``.
+    """
+
+    submitted: int
+    coalesced: int
+    delivered: int
+    requests: int
+    retries: int
+    pending: int
+    pending_bytes: int
+    in_flight: int
+    dropped: Mapping[str, int]
+
+    @property
+    def dropped_total(self) -> int:
+        """All items dropped, whatever the reason."""
+        return sum(self.dropped.values())
+
+    @property
+    def balanced(self) -> bool:
+        """True when the accounting identity holds (it always should)."""
+        return self.submitted == (
+            self.delivered + self.coalesced + self.pending + self.in_flight + self.dropped_total
+        )
+
+
+class _Entry:
+    """One pending or in-flight write: the newest encoded version of one key."""
+
+    __slots__ = ("completed", "created", "data", "key", "seq")
+
+    def __init__(self, key: _Key, data: bytes, completed: bool, seq: int, created: float) -> None:
+        self.key = key
+        self.data = data
+        self.completed = completed
+        self.seq = seq  # submission number of the first item merged into this entry
+        self.created = created
+
+
+OnDrop = Callable[[Sequence[DroppedSpan], str, BaseException | None], None]
+
+
+class UpsertQueue:
+    """Coalescing, bounded queue in front of ``client.spans.upsert_batch``.
+
+    Use it as ``async with UpsertQueue(client) as queue:``; leaving the block drains what is
+    pending within ``shutdown_timeout`` (shielded from an outer cancellation) and counts the
+    rest as dropped with reason ``shutdown``.
+
+    Settings (keyword-only):
+      max_batch_size: items per request (API maximum 1000).
+      max_batch_bytes: encoded bytes per request body.
+      flush_interval: longest time an item waits for its batch to fill, in seconds.
+      max_in_flight: requests sent concurrently.
+      max_pending, max_pending_bytes: the memory bound; past it starts are shed first.
+      retry_deadline: how long a batch's transient failures are retried, from its first try.
+      request_timeout: seconds for one request.
+      shutdown_timeout: how long exit waits for the drain.
+      on_drop: ``callback(items, reason, error)`` called for every drop.
+      backoff: the retry delays (``Retry-After`` is honoured over it).
+    """
+
+    def __init__(
+        self,
+        client: AsyncSGPClient,
+        *,
+        max_batch_size: int = 500,
+        max_batch_bytes: int = 4 * 1024 * 1024,
+        flush_interval: float = 0.2,
+        max_in_flight: int = 8,
+        max_pending: int = 100_000,
+        max_pending_bytes: int = 128 * 1024 * 1024,
+        retry_deadline: float = 120.0,
+        request_timeout: float = 30.0,
+        shutdown_timeout: float = 10.0,
+        on_drop: OnDrop | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        if not 1 <= max_batch_size <= MAX_BATCH_ITEMS:
+            raise ValueError(f"max_batch_size must be between 1 and {MAX_BATCH_ITEMS}")
+        for name, value in (
+            ("max_batch_bytes", max_batch_bytes),
+            ("max_in_flight", max_in_flight),
+            ("max_pending", max_pending),
+            ("max_pending_bytes", max_pending_bytes),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for name, seconds in (
+            ("flush_interval", flush_interval),
+            ("retry_deadline", retry_deadline),
+            ("request_timeout", request_timeout),
+            ("shutdown_timeout", shutdown_timeout),
+        ):
+            if not seconds >= 0 or math.isinf(seconds):
+                raise ValueError(f"{name} must be a finite number >= 0")
+        self._client = client
+        self.max_batch_size = max_batch_size
+        self.max_batch_bytes = max_batch_bytes
+        self.flush_interval = flush_interval
+        self.max_in_flight = max_in_flight
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self.retry_deadline = retry_deadline
+        self.request_timeout = request_timeout
+        self.shutdown_timeout = shutdown_timeout
+        self.on_drop = on_drop
+        self.backoff = backoff or Backoff(initial=0.1, maximum=2.0)
+
+        # Insertion-ordered: the first entry is the oldest, and has the lowest ``seq``.
+        self._pending: dict[_Key, _Entry] = {}
+        # Pending keys that are starts only: the ones to shed first when memory is full.
+        self._pending_starts: dict[_Key, None] = {}
+        # Keys being written now -> whether that write is a completed span.
+        self._in_flight: dict[_Key, bool] = {}
+        # Lowest ``seq`` of each batch being written, for the flush barrier.
+        self._batch_seqs: dict[int, int] = {}
+        self._batch_ids = 0
+
+        self._submitted = 0
+        self._coalesced = 0
+        self._delivered = 0
+        self._requests = 0
+        self._retries = 0
+        self._pending_bytes = 0
+        self._in_flight_items = 0
+        self._dropped: dict[str, int] = {}
+
+        self._running = False
+        self._closing = False
+        self._flush_target = 0
+        self._task_group: TaskGroup | None = None
+        self._wake = anyio.Event()
+        self._wake_armed = False
+        self._progress = anyio.Event()
+        self._room = anyio.Event()
+        self._batch_done = anyio.Event()
+        self._pid = os.getpid()
+        self._warned: dict[str, float] = {}
+        self._unwarned: dict[str, int] = {}
+        self._loud_errors: set[str] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        if self._running or self._closing:
+            raise RuntimeError("an UpsertQueue can be entered only once")
+        self._pid = os.getpid()
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        self._running = True
+        self._wake = anyio.Event()
+        task_group.start_soon(self._dispatch)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        task_group = self._task_group
+        assert task_group is not None
+        self._running = False
+        self._closing = True
+        with anyio.CancelScope(shield=True):
+            # Drain within the deadline, even when the caller is being cancelled.
+            with anyio.move_on_after(self.shutdown_timeout):
+                self._flush_target = self._submitted
+                self._wake.set()
+                while self._pending or self._in_flight_items:
+                    await self._wait_progress()
+        # Whatever is still in flight after the deadline is abandoned, not waited for.
+        task_group.cancel_scope.cancel()
+        try:
+            await task_group.__aexit__(None, None, None)
+        finally:
+            self._task_group = None
+            self._drop_leftovers()
+        return None
+
+    def _drop_leftovers(self) -> None:
+        leftovers = list(self._pending.values())
+        self._pending.clear()
+        self._pending_starts.clear()
+        self._pending_bytes = 0
+        if leftovers:
+            self._drop(leftovers, DropReason.SHUTDOWN, None, pending=True)
+        if self._in_flight_items:
+            # Cancelled mid-request: the senders could not settle these themselves.
+            self._count_drop(DropReason.SHUTDOWN, self._in_flight_items)
+            self._in_flight_items = 0
+            self._in_flight.clear()
+            self._batch_seqs.clear()
+        self._set_progress()
+
+    # ------------------------------------------------------------------ producers
+
+    def submit(self, item: SpanItem) -> None:
+        """Queue one item for upsert. Synchronous, O(1), never blocks, never does I/O.
+
+        Raises ``InvalidSpanError`` for an item the server would reject and
+        ``QueueNotRunningError`` outside ``async with``. When memory is full the item (or
+        a pending start) is dropped, counted and reported instead of blocking.
+        """
+        if not self._running:
+            self._raise_not_running()
+        if type(item) is not SpanItem and not isinstance(item, SpanItem):
+            raise InvalidSpanError("item", f"expected a SpanItem, got {type(item).__name__}")
+        data = encode_item(item)
+        key = (item.trace_id, item.id)
+        completed = item.end_timestamp is not None
+        self._submitted += 1
+        entry = self._pending.get(key)
+        if entry is not None:
+            self._coalesced += 1
+            if entry.completed and not completed:
+                return  # a completed version beats this in-progress one
+            self._pending_bytes += len(data) - len(entry.data)
+            entry.data = data
+            if completed and not entry.completed:
+                entry.completed = True
+                del self._pending_starts[key]
+            return
+        if not completed and self._in_flight.get(key):
+            # The completed write of this span is on its way: an older start adds nothing.
+            self._coalesced += 1
+            return
+        size = len(data)
+        full = len(self._pending) >= self.max_pending or (
+            self._pending_bytes + size > self.max_pending_bytes
+        )
+        if full and not self._make_room(completed, size):
+            reason = DropReason.QUEUE_FULL if completed else DropReason.SHED_START
+            shed = _Entry(key, data, completed, self._submitted, 0.0)
+            self._drop([shed], reason, None, pending=False)
+            return
+        self._pending[key] = _Entry(key, data, completed, self._submitted, time.monotonic())
+        self._pending_bytes += size
+        if not completed:
+            self._pending_starts[key] = None
+        if not self._wake_armed and (
+            len(self._pending) >= self.max_batch_size or self._pending_bytes >= self.max_batch_bytes
+        ):
+            self._wake_armed = True
+            self._wake.set()
+
+    async def put(self, item: SpanItem) -> None:
+        """Like ``submit``, but wait for room instead of shedding when memory is full."""
+        if not self._running:
+            self._raise_not_running()
+        while self._running and (
+            len(self._pending) >= self.max_pending or self._pending_bytes >= self.max_pending_bytes
+        ):
+            if self._room.is_set():
+                self._room = anyio.Event()
+            await self._room.wait()
+        self.submit(item)
+
+    def _raise_not_running(self) -> None:
+        if os.getpid() != self._pid:
+            raise QueueNotRunningError(
+                "this UpsertQueue belongs to another process (it was created before a fork); "
+                "create a new client and queue in the child"
+            )
+        state = "closed" if self._closing else "not started"
+        raise QueueNotRunningError(
+            f"the UpsertQueue is {state}: submit inside `async with UpsertQueue(client)`"
+        )
+
+    def _make_room(self, completed: bool, size: int) -> bool:
+        """Evict pending starts so a completed item fits; a new start is never let in."""
+        if not completed:
+            return False
+        while self._pending_starts and (
+            len(self._pending) >= self.max_pending
+            or self._pending_bytes + size > self.max_pending_bytes
+        ):
+            key = next(iter(self._pending_starts))
+            del self._pending_starts[key]
+            victim = self._pending.pop(key)
+            self._pending_bytes -= len(victim.data)
+            self._drop([victim], DropReason.SHED_START, None, pending=True)
+        return len(self._pending) < self.max_pending and (
+            self._pending_bytes + size <= self.max_pending_bytes or not self._pending
+        )
+
+    # ------------------------------------------------------------------ flushing
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted before this call is delivered or dropped.
+
+        Returns True when it is, False when ``timeout`` seconds ran out first.
+        """
+        target = self._submitted
+        if target > self._flush_target:
+            self._flush_target = target
+        self._wake.set()
+        with anyio.move_on_after(math.inf if timeout is None else timeout):
+            while self._oldest_live_seq() <= target:
+                if not self._running and self._task_group is None:
+                    break
+                await self._wait_progress()
+        return self._oldest_live_seq() > target
+
+    def _oldest_live_seq(self) -> float:
+        oldest: float = math.inf
+        for entry in self._pending.values():
+            oldest = entry.seq
+            break
+        for seq in self._batch_seqs.values():
+            oldest = min(oldest, seq)
+        return oldest
+
+    async def _wait_progress(self) -> None:
+        if self._progress.is_set():
+            self._progress = anyio.Event()
+        await self._progress.wait()
+
+    def _set_progress(self) -> None:
+        self._progress.set()
+        self._room.set()
+
+    # ------------------------------------------------------------------ dispatching
+
+    async def _dispatch(self) -> None:
+        while True:
+            if len(self._batch_seqs) >= self.max_in_flight:
+                await self._wait_batch_done()
+                continue
+            batch, due = self._take_batch_if_due()
+            if batch:
+                self._start_batch(batch)
+            elif due:
+                # Everything pending waits on a key in flight: a finished batch unblocks it.
+                await self._wait_batch_done()
+            else:
+                await self._wait_wake(self._time_until_due())
+
+    async def _wait_batch_done(self) -> None:
+        if self._batch_done.is_set():
+            self._batch_done = anyio.Event()
+        await self._batch_done.wait()
+
+    async def _wait_wake(self, delay: float) -> None:
+        self._wake_armed = False
+        if self._wake.is_set():
+            self._wake = anyio.Event()
+        with anyio.move_on_after(delay):
+            await self._wake.wait()
+
+    def _time_until_due(self) -> float:
+        if not self._pending:
+            return math.inf
+        oldest = next(iter(self._pending.values()))
+        return max(oldest.created + self.flush_interval - time.monotonic(), 0.0)
+
+    def _take_batch_if_due(self) -> tuple[list[_Entry], bool]:
+        """The next batch to send, if one is due, and whether one was due."""
+        if not self._pending:
+            return [], False
+        oldest = next(iter(self._pending.values()))
+        due = (
+            self._closing
+            or len(self._pending) >= self.max_batch_size
+            or self._pending_bytes >= self.max_batch_bytes
+            or oldest.seq <= self._flush_target
+            or time.monotonic() - oldest.created >= self.flush_interval
+        )
+        if not due:
+            return [], False
+        batch: list[_Entry] = []
+        size = _ENVELOPE_BYTES
+        in_flight = self._in_flight
+        for key, entry in self._pending.items():
+            if key in in_flight:
+                continue  # one write per key in flight: this newer version waits
+            entry_size = len(entry.data) + 1  # and its comma
+            if batch and size + entry_size > self.max_batch_bytes:
+                break
+            batch.append(entry)
+            size += entry_size
+            if len(batch) >= self.max_batch_size:
+                break
+        pending, starts = self._pending, self._pending_starts
+        for entry in batch:
+            del pending[entry.key]
+            if not entry.completed:
+                del starts[entry.key]
+            in_flight[entry.key] = entry.completed
+            self._pending_bytes -= len(entry.data)
+        self._in_flight_items += len(batch)
+        if batch:
+            self._room.set()
+        return batch, True
+
+    def _start_batch(self, batch: list[_Entry]) -> None:
+        assert self._task_group is not None
+        self._batch_ids += 1
+        batch_id = self._batch_ids
+        self._batch_seqs[batch_id] = min(entry.seq for entry in batch)
+        self._task_group.start_soon(self._run_batch, batch_id, batch)
+
+    async def _run_batch(self, batch_id: int, batch: list[_Entry]) -> None:
+        try:
+            await self._deliver(batch, time.monotonic() + self.retry_deadline)
+        except Exception as exc:
+            # A bug here must never kill the dispatcher: account for the items and go on.
+            logger.exception("unexpected error while sending a batch of %d spans", len(batch))
+            unsettled = [entry for entry in batch if entry.key in self._in_flight]
+            if unsettled:
+                self._settle(unsettled, DropReason.ERROR, exc)
+        finally:
+            del self._batch_seqs[batch_id]
+            self._batch_done.set()
+            self._wake.set()
+            self._set_progress()
+
+    async def _deliver(self, batch: list[_Entry], deadline: float) -> None:
+        """Send a batch until every entry in it is delivered or dropped."""
+        attempt = 0
+        while True:
+            body = encode_items_body([entry.data for entry in batch])
+            self._requests += 1
+            try:
+                await self._client.send_once(
+                    "PUT", _BATCH_PATH, content=body, timeout=self.request_timeout
+                )
+            except SGPError as exc:
+                status = exc.status_code if isinstance(exc, APIStatusError) else None
+                if is_transient(exc) or (status is not None and status >= 500):
+                    delay = self.backoff.delay(attempt, getattr(exc, "retry_after", None))
+                    if time.monotonic() + delay > deadline:
+                        self._settle(batch, DropReason.RETRIES_EXHAUSTED, exc)
+                        return
+                    self._retries += 1
+                    attempt += 1
+                    await anyio.sleep(delay)
+                    continue
+                if status is None:
+                    # Not an HTTP failure (for example the client was closed): not retryable.
+                    self._report_configuration_error(exc)
+                    self._settle(batch, DropReason.ERROR, exc)
+                    return
+                if status in (401, 403, 404):
+                    self._report_configuration_error(exc)
+                    reason = DropReason.NOT_FOUND if status == 404 else DropReason.UNAUTHORIZED
+                    self._settle(batch, reason, exc)
+                    return
+                if len(batch) == 1:
+                    self._settle(batch, DropReason.REJECTED, exc)
+                    return
+                # 400, 409, 413, 422...: isolate the offenders, deliver the rest.
+                await self._deliver_halves(batch, deadline)
+                return
+            self._settle(batch, None, None)
+            return
+
+    async def _deliver_halves(self, batch: list[_Entry], deadline: float) -> None:
+        middle = len(batch) // 2
+        await self._deliver(batch[:middle], deadline)
+        await self._deliver(batch[middle:], deadline)
+
+    def _settle(
+        self, entries: list[_Entry], reason: str | None, error: BaseException | None
+    ) -> None:
+        in_flight = self._in_flight
+        for entry in entries:
+            del in_flight[entry.key]
+        self._in_flight_items -= len(entries)
+        if reason is None:
+            self._delivered += len(entries)
+        else:
+            self._drop(entries, reason, error, pending=False)
+
+    # ------------------------------------------------------------------ drops
+
+    def _count_drop(self, reason: str, count: int) -> None:
+        self._dropped[reason] = self._dropped.get(reason, 0) + count
+
+    def _drop(
+        self, entries: list[_Entry], reason: str, error: BaseException | None, *, pending: bool
+    ) -> None:
+        self._count_drop(reason, len(entries))
+        if pending:
+            self._set_progress()
+        self._warn(reason, len(entries), error)
+        if self.on_drop is not None:
+            dropped = [
+                DroppedSpan(
+                    trace_id=entry.key[0],
+                    span_id=entry.key[1],
+                    completed=entry.completed,
+                    payload=entry.data,
+                )
+                for entry in entries
+            ]
+            try:
+                self.on_drop(dropped, reason, error)
+            except Exception:
+                logger.exception("on_drop callback failed")
+
+    def _warn(self, reason: str, count: int, error: BaseException | None) -> None:
+        # At most one line per reason every 10 s, with the count since the last line.
+        now = time.monotonic()
+        self._unwarned[reason] = self._unwarned.get(reason, 0) + count
+        if now - self._warned.get(reason, -math.inf) < 10.0:
+            return
+        self._warned[reason] = now
+        total = self._unwarned.pop(reason)
+        logger.warning(
+            "UpsertQueue dropped %d span write(s) (reason: %s)%s",
+            total,
+            reason,
+            f": {error}" if error is not None else "",
+        )
+
+    def _report_configuration_error(self, exc: SGPError) -> None:
+        # Loud, but once per kind of failure: these do not fix themselves.
+        kind = str(exc.status_code) if isinstance(exc, APIStatusError) else type(exc).__name__
+        if kind not in self._loud_errors:
+            self._loud_errors.add(kind)
+            logger.error(
+                "SGP span upload failed and will not be retried (%s): check the API key, the "
+                "account id, the base URL and the client's lifecycle; affected spans are dropped",
+                exc,
+            )
+
+    # ------------------------------------------------------------------ stats
+
+    @property
+    def stats(self) -> QueueStats:
+        """A snapshot of the counters (the accounting identity holds in every snapshot)."""
+        return QueueStats(
+            submitted=self._submitted,
+            coalesced=self._coalesced,
+            delivered=self._delivered,
+            requests=self._requests,
+            retries=self._retries,
+            pending=len(self._pending),
+            pending_bytes=self._pending_bytes,
+            in_flight=self._in_flight_items,
+            dropped=MappingProxyType(dict(self._dropped)),
+        )
+
+    @property
+    def running(self) -> bool:
+        """True inside ``async with`` (``submit`` is accepted)."""
+        return self._running
