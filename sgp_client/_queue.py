@@ -1,13 +1,15 @@
 """``UpsertQueue``: the coalescing, bounded, fault-tolerant ``upsert_batch`` queue.
 
-Producers call ``submit(item)`` (synchronous, O(1), no I/O). The item is validated and
-encoded at once: the encoded bytes are the snapshot that is eventually sent, so a caller's
-dict changed afterwards changes nothing. Pending items are keyed by (``trace_id``, ``id``):
+Producers call ``submit(item)`` (synchronous, O(1), no I/O). The item's mutable parts
+(input, output, metadata, expected) are encoded at once: that is the snapshot eventually
+sent, so a caller's dict changed afterwards changes nothing. Submit only appends to an intake
+list; the dispatcher folds the intake into the pending map keyed by (``trace_id``, ``id``):
 a new version of a pending key merges instead of queueing (a completed span beats an
 in-progress one, otherwise the later wins), so a start and its end that meet here go out as
-one write. A dispatcher task sends batches concurrently (``max_in_flight``) with at most one
-write per key in flight, classifies failures (retry, split, bisect, drop) and accounts for
-every item: ``submitted == delivered + coalesced + pending + in_flight + sum(dropped)``.
+one write, encoded once, when its batch is formed. A dispatcher task sends batches
+concurrently (``max_in_flight``) with at most one write per key in flight, classifies
+failures (retry, split, bisect, drop) and accounts for every item:
+``submitted == delivered + coalesced + pending + in_flight + sum(dropped)``.
 """
 
 from __future__ import annotations
@@ -28,16 +30,26 @@ from ._client import MAX_BATCH_ITEMS, AsyncSGPClient
 from ._exceptions import APIStatusError, InvalidSpanError, QueueNotRunningError, SGPError
 from ._models import SpanItem
 from ._retry import Backoff, is_transient
-from ._serialization import encode_item, encode_items_body, loads
+from ._serialization import (
+    Snapshot,
+    encode_items_body,
+    encode_snapshot,
+    loads,
+    snapshot_containers,
+)
 
 __all__ = ["DropReason", "DroppedSpan", "QueueStats", "UpsertQueue"]
 
 logger = logging.getLogger("sgp_client.queue")
 
 _Key = tuple[str, str]
+_Intake = tuple[SpanItem, "Snapshot | None", int]
 _BATCH_PATH: Final = "/v5/spans/batch"
 # Room in a request body for the ``{"items":[...]}`` envelope.
 _ENVELOPE_BYTES: Final = 12
+# Estimated encoded size of an item beyond its name and snapshotted parts (ids, timestamps,
+# keys, status); used for the memory bound, never for the exact request-size limit.
+_ITEM_OVERHEAD: Final = 256
 
 
 class DropReason:
@@ -99,16 +111,32 @@ class QueueStats:
 
 
 class _Entry:
-    """One pending or in-flight write: the newest encoded version of one key."""
+    """One pending or in-flight write: the newest version of one key, encoded when sent."""
 
-    __slots__ = ("completed", "created", "data", "key", "seq")
+    __slots__ = ("completed", "created", "data", "item", "key", "seq", "size", "snapshot")
 
-    def __init__(self, key: _Key, data: bytes, completed: bool, seq: int, created: float) -> None:
+    def __init__(
+        self,
+        key: _Key,
+        item: SpanItem,
+        snapshot: Snapshot | None,
+        size: int,
+        seq: int,
+        created: float,
+    ) -> None:
         self.key = key
-        self.data = data
-        self.completed = completed
+        self.item = item
+        self.snapshot = snapshot
+        self.size = size  # estimated until encoded, then exact
+        self.completed = item.end_timestamp is not None
         self.seq = seq  # submission number of the first item merged into this entry
         self.created = created
+        self.data = b""  # the encoded item, once its batch is formed
+
+    def encode(self) -> bytes:
+        if not self.data:
+            self.data = encode_snapshot(self.item, self.snapshot)
+        return self.data
 
 
 OnDrop = Callable[[Sequence[DroppedSpan], str, BaseException | None], None]
@@ -181,6 +209,9 @@ class UpsertQueue:
         self.on_drop = on_drop
         self.backoff = backoff or Backoff(initial=0.1, maximum=2.0)
 
+        # Submitted items not yet folded into ``_pending``, in submission order.
+        self._intake: list[_Intake] = []
+        self._intake_since = 0.0
         # Insertion-ordered: the first entry is the oldest, and has the lowest ``seq``.
         self._pending: dict[_Key, _Entry] = {}
         # Pending keys that are starts only: the ones to shed first when memory is full.
@@ -243,7 +274,7 @@ class UpsertQueue:
             with anyio.move_on_after(self.shutdown_timeout):
                 self._flush_target = self._submitted
                 self._wake.set()
-                while self._pending or self._in_flight_items:
+                while self._intake or self._pending or self._in_flight_items:
                     await self._wait_progress()
         # Whatever is still in flight after the deadline is abandoned, not waited for.
         task_group.cancel_scope.cancel()
@@ -255,6 +286,7 @@ class UpsertQueue:
         return None
 
     def _drop_leftovers(self) -> None:
+        self._absorb_intake()
         leftovers = list(self._pending.values())
         self._pending.clear()
         self._pending_starts.clear()
@@ -282,17 +314,57 @@ class UpsertQueue:
             self._raise_not_running()
         if type(item) is not SpanItem and not isinstance(item, SpanItem):
             raise InvalidSpanError("item", f"expected a SpanItem, got {type(item).__name__}")
-        data = encode_item(item)
+        # SpanItem validated itself when built; the snapshot checks that it encodes.
+        snapshot = snapshot_containers(item)
+        size = _ITEM_OVERHEAD + len(item.name)
+        if snapshot is not None:
+            for part in snapshot:
+                if part is not None:
+                    size += len(part)
+        intake = self._intake
+        if (
+            len(intake) + len(self._pending) >= self.max_pending
+            or self._pending_bytes + size > self.max_pending_bytes
+        ):
+            self._submit_when_full(item, snapshot, size)
+            return
+        if not intake:
+            self._intake_since = time.monotonic()
+        intake.append((item, snapshot, size))
+        self._submitted += 1
+        self._pending_bytes += size
+        if not self._wake_armed and (
+            len(intake) >= self.max_batch_size or self._pending_bytes >= self.max_batch_bytes
+        ):
+            self._wake_armed = True
+            self._wake.set()
+
+    def _absorb_intake(self) -> None:
+        """Fold submitted items into the pending map, coalescing by key."""
+        intake = self._intake
+        if not intake:
+            return
+        self._intake = []
+        seq = self._submitted - len(intake)
+        created = self._intake_since
+        for item, snapshot, size in intake:
+            seq += 1
+            self._pending_bytes -= size
+            self._add(item, snapshot, size, seq, created)
+
+    def _add(
+        self, item: SpanItem, snapshot: Snapshot | None, size: int, seq: int, created: float
+    ) -> None:
         key = (item.trace_id, item.id)
         completed = item.end_timestamp is not None
-        self._submitted += 1
         entry = self._pending.get(key)
         if entry is not None:
             self._coalesced += 1
             if entry.completed and not completed:
                 return  # a completed version beats this in-progress one
-            self._pending_bytes += len(data) - len(entry.data)
-            entry.data = data
+            self._pending_bytes += size - entry.size
+            entry.item, entry.snapshot, entry.size = item, snapshot, size
+            entry.data = b""  # encoded lazily again, from the newer version
             if completed and not entry.completed:
                 entry.completed = True
                 del self._pending_starts[key]
@@ -301,31 +373,34 @@ class UpsertQueue:
             # The completed write of this span is on its way: an older start adds nothing.
             self._coalesced += 1
             return
-        size = len(data)
-        full = len(self._pending) >= self.max_pending or (
-            self._pending_bytes + size > self.max_pending_bytes
-        )
-        if full and not self._make_room(completed, size):
-            reason = DropReason.QUEUE_FULL if completed else DropReason.SHED_START
-            shed = _Entry(key, data, completed, self._submitted, 0.0)
-            self._drop([shed], reason, None, pending=False)
-            return
-        self._pending[key] = _Entry(key, data, completed, self._submitted, time.monotonic())
+        self._pending[key] = _Entry(key, item, snapshot, size, seq, created)
         self._pending_bytes += size
         if not completed:
             self._pending_starts[key] = None
-        if not self._wake_armed and (
-            len(self._pending) >= self.max_batch_size or self._pending_bytes >= self.max_batch_bytes
-        ):
-            self._wake_armed = True
-            self._wake.set()
+
+    def _submit_when_full(self, item: SpanItem, snapshot: Snapshot | None, size: int) -> None:
+        """The slow path of ``submit`` once memory is full: coalesce, then shed."""
+        self._absorb_intake()
+        self._submitted += 1
+        seq = self._submitted
+        key = (item.trace_id, item.id)
+        completed = item.end_timestamp is not None
+        if key in self._pending or (not completed and self._in_flight.get(key)):
+            self._add(item, snapshot, size, seq, time.monotonic())  # merges, no growth
+            return
+        if self._make_room(completed, size):
+            self._add(item, snapshot, size, seq, time.monotonic())
+            return
+        reason = DropReason.QUEUE_FULL if completed else DropReason.SHED_START
+        self._drop([_Entry(key, item, snapshot, size, seq, 0.0)], reason, None, pending=False)
 
     async def put(self, item: SpanItem) -> None:
         """Like ``submit``, but wait for room instead of shedding when memory is full."""
         if not self._running:
             self._raise_not_running()
         while self._running and (
-            len(self._pending) >= self.max_pending or self._pending_bytes >= self.max_pending_bytes
+            len(self._intake) + len(self._pending) >= self.max_pending
+            or self._pending_bytes >= self.max_pending_bytes
         ):
             if self._room.is_set():
                 self._room = anyio.Event()
@@ -354,7 +429,7 @@ class UpsertQueue:
             key = next(iter(self._pending_starts))
             del self._pending_starts[key]
             victim = self._pending.pop(key)
-            self._pending_bytes -= len(victim.data)
+            self._pending_bytes -= victim.size
             self._drop([victim], DropReason.SHED_START, None, pending=True)
         return len(self._pending) < self.max_pending and (
             self._pending_bytes + size <= self.max_pending_bytes or not self._pending
@@ -379,7 +454,10 @@ class UpsertQueue:
         return self._oldest_live_seq() > target
 
     def _oldest_live_seq(self) -> float:
+        # Pending entries are older than anything still in the intake.
         oldest: float = math.inf
+        if self._intake:
+            oldest = self._submitted - len(self._intake) + 1
         for entry in self._pending.values():
             oldest = entry.seq
             break
@@ -400,6 +478,7 @@ class UpsertQueue:
 
     async def _dispatch(self) -> None:
         while True:
+            self._absorb_intake()
             if len(self._batch_seqs) >= self.max_in_flight:
                 await self._wait_batch_done()
                 continue
@@ -450,7 +529,7 @@ class UpsertQueue:
         for key, entry in self._pending.items():
             if key in in_flight:
                 continue  # one write per key in flight: this newer version waits
-            entry_size = len(entry.data) + 1  # and its comma
+            entry_size = len(entry.encode()) + 1  # and its comma
             if batch and size + entry_size > self.max_batch_bytes:
                 break
             batch.append(entry)
@@ -463,7 +542,7 @@ class UpsertQueue:
             if not entry.completed:
                 del starts[entry.key]
             in_flight[entry.key] = entry.completed
-            self._pending_bytes -= len(entry.data)
+            self._pending_bytes -= entry.size
         self._in_flight_items += len(batch)
         if batch:
             self._room.set()
@@ -495,7 +574,7 @@ class UpsertQueue:
         """Send a batch until every entry in it is delivered or dropped."""
         attempt = 0
         while True:
-            body = encode_items_body([entry.data for entry in batch])
+            body = encode_items_body([entry.encode() for entry in batch])
             self._requests += 1
             try:
                 await self._client.send_once(
@@ -566,7 +645,7 @@ class UpsertQueue:
                     trace_id=entry.key[0],
                     span_id=entry.key[1],
                     completed=entry.completed,
-                    payload=entry.data,
+                    payload=entry.encode(),
                 )
                 for entry in entries
             ]
@@ -612,7 +691,7 @@ class UpsertQueue:
             delivered=self._delivered,
             requests=self._requests,
             retries=self._retries,
-            pending=len(self._pending),
+            pending=len(self._intake) + len(self._pending),
             pending_bytes=self._pending_bytes,
             in_flight=self._in_flight_items,
             dropped=MappingProxyType(dict(self._dropped)),

@@ -6,7 +6,7 @@ Items are encoded with orjson straight from their attributes (the hot path: once
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 import cattrs
@@ -43,7 +43,13 @@ _OPTIONAL_FIELDS: Final = (
 def _make_converter() -> cattrs.Converter:
     converter = make_converter()
     converter.register_structure_hook(datetime, lambda value, _: _parse_datetime(value))
-    converter.register_unstructure_hook(datetime, lambda value: value.isoformat())
+    # Naive means UTC here too, so every timestamp leaves with an explicit offset.
+    converter.register_unstructure_hook(
+        datetime,
+        lambda value: (
+            value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        ).isoformat(),
+    )
     return converter
 
 
@@ -118,3 +124,41 @@ def dumps(data: Any) -> bytes:
 def loads(data: bytes | str) -> Any:
     """Decode a JSON answer."""
     return orjson.loads(data)
+
+
+Snapshot = tuple[bytes | None, bytes | None, bytes | None, bytes | None]
+
+
+def snapshot_containers(item: SpanItem) -> Snapshot | None:
+    """Encode the item's mutable parts (input, output, metadata, expected) now.
+
+    This is the queue's snapshot at submit: the caller may change its dicts afterwards
+    without changing what is sent, while ids and timestamps (immutable) are encoded only
+    once, for the version of the span that survives coalescing. None when all are None.
+    Raises ``InvalidSpanError`` naming the field that is not JSON-encodable.
+    """
+    inp, out, meta, exp = item.input, item.output, item.metadata, item.expected
+    if inp is None and out is None and meta is None and exp is None:
+        return None
+    try:
+        return (
+            None if inp is None else orjson.dumps(inp, option=_DUMPS_OPTIONS),
+            None if out is None else orjson.dumps(out, option=_DUMPS_OPTIONS),
+            None if meta is None else orjson.dumps(meta, option=_DUMPS_OPTIONS),
+            None if exp is None else orjson.dumps(exp, option=_DUMPS_OPTIONS),
+        )
+    except (TypeError, ValueError) as exc:
+        raise _encoding_error(item_to_dict(item), exc) from None
+
+
+_SNAPSHOT_FIELDS: Final = ("input", "output", "metadata", "expected")
+
+
+def encode_snapshot(item: SpanItem, snapshot: Snapshot | None) -> bytes:
+    """Encode an item whose mutable parts were snapshotted by ``snapshot_containers``."""
+    data = item_to_dict(item)
+    if snapshot is not None:
+        for name, part in zip(_SNAPSHOT_FIELDS, snapshot, strict=True):
+            if part is not None:
+                data[name] = orjson.Fragment(part)
+    return orjson.dumps(data, option=_DUMPS_OPTIONS)
