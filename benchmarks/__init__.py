@@ -1,0 +1,1 @@
+"""Benchmarks: our SDK side by side with its peers (``python -m benchmarks``)."""
