@@ -237,6 +237,7 @@ class UpsertQueue:
         self._task_group: TaskGroup | None = None
         self._wake = anyio.Event()
         self._wake_armed = False
+        self._idle = False  # the dispatcher waits with no deadline (nothing pending)
         self._progress = anyio.Event()
         self._room = anyio.Event()
         self._batch_done = anyio.Event()
@@ -330,6 +331,10 @@ class UpsertQueue:
             return
         if not intake:
             self._intake_since = time.monotonic()
+            if self._idle:
+                # The dispatcher sleeps without a deadline: start the flush_interval clock.
+                self._idle = False
+                self._wake.set()
         intake.append((item, snapshot, size))
         self._submitted += 1
         self._pending_bytes += size
@@ -498,10 +503,12 @@ class UpsertQueue:
 
     async def _wait_wake(self, delay: float) -> None:
         self._wake_armed = False
+        self._idle = delay == math.inf
         if self._wake.is_set():
             self._wake = anyio.Event()
         with anyio.move_on_after(delay):
             await self._wake.wait()
+        self._idle = False
 
     def _time_until_due(self) -> float:
         if not self._pending:
