@@ -12,11 +12,11 @@ import random
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import attrs
-from anyio.abc import Process, SocketStream
+from anyio.abc import Process, SocketListener, SocketStream
 from anyio.streams.stapled import MultiListener
 
 from sgp_client import AsyncSGPClient, new_span_id
@@ -227,7 +227,7 @@ async def _accept_workers(listener: MultiListener[SocketStream], count: int) -> 
     handles: list[_Worker | None] = [None] * count
     with anyio.fail_after(60):
         for _ in range(count):
-            stream = await listener.listeners[0].accept()
+            stream = await cast(SocketListener, listener.listeners[0]).accept()
             wire = JsonLines(stream)
             hello = await wire.receive()
             handles[int(hello["hello"])] = _Worker(int(hello["hello"]), wire)
