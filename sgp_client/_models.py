@@ -120,6 +120,16 @@ def _check_id(field: str, value: object, *, required: bool) -> None:
 def _check_optional_str(field: str, value: object) -> None:
     if value is not None and type(value) is not str:
         raise InvalidSpanError(field, f"must be a str or None, got {type(value).__name__}")
+    _check_encodable(field, value)
+
+
+def _check_encodable(field: str, value: object) -> None:
+    # JSON text is UTF-8: a lone surrogate cannot be sent, so say so here, not at send time.
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidSpanError(field, "is not valid UTF-8 (lone surrogate)") from None
 
 
 def _check_object(field: str, value: object) -> None:
@@ -149,6 +159,7 @@ def _validate_thoroughly(item: SpanItem) -> None:
     _check_id("group_id", item.group_id, required=False)
     if type(item.name) is not str:
         raise InvalidSpanError("name", f"must be a str, got {type(item.name).__name__}")
+    _check_encodable("name", item.name)
     start, end = item.start_timestamp, item.end_timestamp
     if not isinstance(start, datetime):
         raise InvalidSpanError("start_timestamp", f"must be a datetime, got {type(start).__name__}")
@@ -260,8 +271,9 @@ class SpanItem:
         # The usual shape, checked on the arguments: short ASCII ids without NUL, aware
         # datetimes with the end not before the start, known literals, dicts, no rare fields.
         if (
-            (type is None or (_type(type) is str and type in SPAN_TYPES))
-            and (status is None or (_type(status) is str and status in SPAN_STATUSES))
+            # (a hashable check first: an unhashable value must fail, not raise TypeError)
+            (type is None or (isinstance(type, str) and type in SPAN_TYPES))
+            and (status is None or (isinstance(status, str) and status in SPAN_STATUSES))
             and (
                 obs_trace_id is None
                 and obs_span_id is None
@@ -288,6 +300,7 @@ class SpanItem:
                     )
                 )
                 and _type(name) is str
+                and name.isascii()
                 and _type(start_timestamp) is datetime
                 and start_timestamp.tzinfo is not None
                 and (

