@@ -261,14 +261,17 @@ def test_observability_ids(field: str, good: str, bad: list[str]) -> None:
 # -- encoding -------------------------------------------------------------------------------
 
 
-def test_encoding_leaves_out_unset_fields() -> None:
+def test_encoding_sends_unset_fields_as_null() -> None:
     span = item(id="s1")
-    assert decoded(span) == {
+    data = decoded(span)
+    assert {key: value for key, value in data.items() if value is not None} == {
         "id": "s1",
         "trace_id": "trace-1",
         "name": "step",
         "start_timestamp": "2025-03-01T12:00:00.123456+00:00",
     }
+    # Every API field is present, so the server never sees an unknown key.
+    assert set(data) == {field.name for field in attrs.fields(SpanItem)}
 
 
 def test_naive_datetimes_are_sent_as_utc() -> None:
