@@ -314,7 +314,7 @@ def test_encoding_full_item_round_trips_values() -> None:
     assert data["status"] == "ERROR"
     assert data["type"] == "CUSTOM"
     assert data["metadata"] == {"k": "v"}
-    assert "output" not in data
+    assert data["output"] is None
 
 
 @pytest.mark.parametrize(
