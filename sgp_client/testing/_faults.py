@@ -71,9 +71,7 @@ class Faults:
     status_code: int = attrs.field(default=503, converter=int, validator=_status)
     status_every_n: int = attrs.field(default=0, converter=int, validator=_non_negative)
     status_rate: float = attrs.field(default=0.0, converter=float, validator=_probability)
-    retry_after: str | None = attrs.field(
-        default="1", converter=attrs.converters.optional(str)
-    )
+    retry_after: str | None = attrs.field(default="1", converter=attrs.converters.optional(str))
     drop_every_n: int = attrs.field(default=0, converter=int, validator=_non_negative)
     drop_rate: float = attrs.field(default=0.0, converter=float, validator=_probability)
     outage_seconds: float = attrs.field(default=0.0, converter=float, validator=_non_negative)

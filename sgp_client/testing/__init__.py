@@ -1,0 +1,38 @@
+"""A local SGP-compatible server for tests, demos and benchmarks (needs the ``server`` extra).
+
+- `create_app(...)`: the Starlette ASGI app (spans endpoints + ``/_admin``), its state in
+  SQLite; `get_control(app)` gives the `ServerControl` (faults, stats, store, reset).
+- `asgi_transport(app)`: serve the app in-process to an ``httpx.AsyncClient``, with
+  connection drops surfacing as ``httpx.RemoteProtocolError``.
+- `ServerProcess`: the same server in a subprocess over loopback, as a sync context manager.
+- ``python -m sgp_client.testing serve``: the CLI.
+"""
+
+from __future__ import annotations
+
+from ._app import (
+    DEFAULT_ACCOUNT_ID,
+    DEFAULT_API_KEY,
+    ServerControl,
+    create_app,
+    get_control,
+)
+from ._faults import Faults
+from ._process import ServerProcess, ServerProcessError
+from ._spans import MAX_BATCH_ITEMS
+from ._store import SpanStore
+from ._transport import asgi_transport
+
+__all__ = [
+    "DEFAULT_ACCOUNT_ID",
+    "DEFAULT_API_KEY",
+    "Faults",
+    "MAX_BATCH_ITEMS",
+    "ServerControl",
+    "ServerProcess",
+    "ServerProcessError",
+    "SpanStore",
+    "asgi_transport",
+    "create_app",
+    "get_control",
+]

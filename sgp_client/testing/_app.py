@@ -1,0 +1,571 @@
+"""The local SGP-compatible server as a Starlette ASGI app: `create_app` and its control object.
+
+Routes under the prefix (default ``/public``) implement the spans endpoints of the API doc
+(authenticated, fault-injected, counted). Routes under ``/_admin`` (no auth, no faults) let
+tests and benchmarks switch faults, read counters and stored spans, and reset the server.
+
+In-process code controls the app through `get_control(app)` (also ``app.state.sgp``), a
+`ServerControl` with `faults`, `set_faults()`, `stats()`, `reset()` and the `store`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ._faults import Counters, Decision, FaultInjector, Faults
+from ._spans import ApiError, parse_json, prepare_items, timestamp_us
+from ._store import SORT_KEYS, SearchQuery, SpanStore, json_field
+
+__all__ = [
+    "DEFAULT_ACCOUNT_ID",
+    "DEFAULT_API_KEY",
+    "ConnectionDropped",
+    "ServerControl",
+    "create_app",
+    "get_control",
+]
+
+DEFAULT_API_KEY = "sgp-local-dev-key"
+DEFAULT_ACCOUNT_ID = "sgp-local-account"
+DEFAULT_SEARCH_LIMIT = 100
+MAX_SEARCH_LIMIT = 1000
+
+# Set by the CLI's uvicorn protocol: aborts the TCP connection, so "drop" faults look like a
+# real network failure (no bytes at all) instead of an error response.
+ABORT_SCOPE_KEY = "sgp.abort_connection"
+_ACCOUNT_SCOPE_KEY = "sgp.account_id"
+
+_JSON = b"application/json"
+
+
+class ConnectionDropped(Exception):
+    """Raised by the app for a "drop" fault when it cannot abort the transport itself.
+
+    `asgi_transport` turns it into `httpx.RemoteProtocolError`; under another ASGI server the
+    response has already started, so the server closes the connection mid-response.
+    """
+
+
+class ServerControl:
+    """Programmatic control of one app: faults, counters and the span store."""
+
+    def __init__(
+        self,
+        *,
+        store: SpanStore,
+        api_keys: Mapping[str, str],
+        prefix: str,
+        faults: Faults | None = None,
+    ) -> None:
+        self.store = store
+        self.prefix = prefix
+        self._api_keys = dict(api_keys)
+        self._injector = FaultInjector(faults)
+        self.counters = Counters()
+        self.created_by: dict[str, Any] = {
+            "id": "sgp-local-identity",
+            "type": "service_account",
+            "object": "identity",
+        }
+
+    def __repr__(self) -> str:
+        # Never show the keys themselves.
+        return (
+            f"ServerControl(store={self.store!r}, prefix={self.prefix!r}, "
+            f"api_keys=<{len(self._api_keys)} keys>, faults={self.faults!r})"
+        )
+
+    @property
+    def injector(self) -> FaultInjector:
+        return self._injector
+
+    @property
+    def faults(self) -> Faults:
+        """The active faults; assigning activates new ones (outage windows start then)."""
+        return self._injector.faults
+
+    @faults.setter
+    def faults(self, faults: Faults) -> None:
+        self._injector.set(faults)
+
+    def set_faults(self, **settings: Any) -> Faults:
+        """Replace the faults with `Faults(**settings)` (unset ones off); returns them."""
+        faults = Faults.from_dict(settings)
+        self._injector.set(faults)
+        return faults
+
+    def update_faults(self, **changes: Any) -> Faults:
+        """Merge `changes` into the active faults; returns the result."""
+        faults = self.faults.merged(changes)
+        self._injector.set(faults)
+        return faults
+
+    def clear_faults(self) -> None:
+        self._injector.set(Faults())
+
+    def stats(self) -> dict[str, Any]:
+        """Counters as served by ``GET /_admin/stats``."""
+        return self.counters.snapshot(items_stored=self.store.count())
+
+    def reset(self) -> None:
+        """Forget spans, counters and faults."""
+        self.store.clear()
+        self.counters = Counters()
+        self.clear_faults()
+
+    def account_for(self, api_key: str) -> str | None:
+        return self._api_keys.get(api_key)
+
+
+def get_control(app: Starlette) -> ServerControl:
+    """The `ServerControl` of an app made by `create_app` (typed access to ``app.state.sgp``)."""
+    control = app.state.sgp
+    assert isinstance(control, ServerControl)
+    return control
+
+
+# -- raw ASGI responses (used by the gate, outside Starlette's routing) --------------------
+
+
+async def _send_json(
+    send: Send, status: int, payload: Any, headers: Mapping[str, str] | None = None
+) -> None:
+    body = orjson.dumps(payload)
+    raw_headers = [(b"content-type", _JSON), (b"content-length", str(len(body)).encode())]
+    for name, value in (headers or {}).items():
+        raw_headers.append((name.encode("latin-1"), value.encode("latin-1")))
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _endpoint_name(method: str, path: str) -> str:
+    if path == "/v5/spans/batch":
+        return "upsert_batch" if method == "PUT" else "create_batch"
+    if path == "/v5/spans":
+        return "create"
+    if path == "/v5/spans/search":
+        return "search"
+    if path.startswith("/v5/spans/"):
+        return "get"
+    return "other"
+
+
+class _Gate:
+    """ASGI middleware: request ids, counters, faults and auth for the API routes.
+
+    Raw ASGI rather than BaseHTTPMiddleware, which would buffer bodies and cost throughput.
+    """
+
+    def __init__(self, app: ASGIApp, control: ServerControl) -> None:
+        self.app = app
+        self.control = control
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex.encode()
+        control = self.control
+        prefix = control.prefix
+        path: str = scope["path"]
+        is_api = path.startswith(prefix) and path[len(prefix) : len(prefix) + 1] == "/"
+        counters = control.counters
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+                if is_api:
+                    counters.count_status(message["status"])
+            await send(message)
+
+        if not is_api:
+            await self.app(scope, receive, send_with_id)
+            return
+
+        counters.requests += 1
+        name = _endpoint_name(scope["method"], path[len(prefix) :])
+        counters.by_endpoint[name] = counters.by_endpoint.get(name, 0) + 1
+        counters.in_flight += 1
+        counters.max_concurrent = max(counters.max_concurrent, counters.in_flight)
+        try:
+            await self._serve(scope, receive, send_with_id)
+        finally:
+            counters.in_flight -= 1
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        control = self.control
+        injector = control.injector
+        counters = control.counters
+        faults = injector.faults
+        decision = injector.decide()
+        if decision is Decision.HANG:
+            counters.count_fault("hang")
+            # Never answer; return once the client goes away (or get cancelled on shutdown).
+            await _wait_disconnect(receive)
+            return
+        retry = {"retry-after": faults.retry_after} if faults.retry_after is not None else {}
+        if decision is Decision.OUTAGE_503:
+            counters.count_fault("outage")
+            await _send_json(send, 503, {"detail": "Service unavailable (outage)"}, retry)
+            return
+        if decision is Decision.OUTAGE_DROP:
+            counters.count_fault("outage")
+            await self._drop(scope, receive, send)
+            return
+        delay = injector.latency()
+        if delay > 0:
+            counters.count_fault("latency")
+            await anyio.sleep(delay)
+        if decision is Decision.DROP:
+            counters.count_fault("drop")
+            await self._drop(scope, receive, send)
+            return
+        if decision is Decision.STATUS:
+            counters.count_fault(str(faults.status_code))
+            detail = "Too many requests" if faults.status_code == 429 else "Injected failure"
+            await _send_json(send, faults.status_code, {"detail": detail}, retry)
+            return
+        api_key: str | None = None
+        account: str | None = None
+        for header, value in scope["headers"]:
+            if header == b"x-api-key":
+                api_key = value.decode("latin-1")
+            elif header == b"x-selected-account-id":
+                account = value.decode("latin-1")
+        if api_key is None:
+            await _send_json(send, 401, {"detail": "Missing x-api-key header"})
+            return
+        key_account = control.account_for(api_key)
+        if key_account is None:
+            await _send_json(send, 403, {"detail": "Invalid API key"})
+            return
+        if account is None:
+            await _send_json(send, 401, {"detail": "Missing x-selected-account-id header"})
+            return
+        if account != key_account:
+            await _send_json(send, 403, {"detail": "API key has no access to this account"})
+            return
+        scope[_ACCOUNT_SCOPE_KEY] = account
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _drop(scope: Scope, receive: Receive, send: Send) -> None:
+        abort = scope.get(ABORT_SCOPE_KEY)
+        if abort is not None:
+            abort()
+            # Returning once the server has seen the disconnect keeps it from answering 500.
+            await _wait_disconnect(receive)
+            return
+        # No transport to abort: start a response that can never complete, then fail, so a
+        # server closes the connection mid-response (asgi_transport maps this to an error).
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [(b"content-length", b"1000")],
+            }
+        )
+        raise ConnectionDropped
+
+
+# -- endpoints -------------------------------------------------------------------------------
+
+
+def _json_response(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+def _list_response(spans: list[bytes]) -> Response:
+    body = b'{"items":[' + b",".join(spans) + b'],"object":"list"}'
+    return Response(body, media_type="application/json")
+
+
+class _Api:
+    """The spans endpoints; one instance per app, bound to its control object."""
+
+    def __init__(self, control: ServerControl) -> None:
+        self.control = control
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.control.faults.max_body_bytes
+        counters = self.control.counters
+        if limit is not None:
+            declared = request.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                counters.count_fault("413")
+                raise ApiError(413, f"Request body larger than {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if limit is not None and size > limit:
+                counters.count_fault("413")
+                raise ApiError(413, f"Request body larger than {limit} bytes")
+            chunks.append(chunk)
+        counters.bytes_received += size
+        return b"".join(chunks)
+
+    def _write(self, request: Request, items: Any, dirty: bool, *, replace: bool) -> list[bytes]:
+        control = self.control
+        account_id: str = request.scope[_ACCOUNT_SCOPE_KEY]
+        if type(items) is list:
+            control.counters.items_received += len(items)
+        rows = prepare_items(
+            items,
+            dirty=dirty,
+            account_id=account_id,
+            created_by=control.created_by,
+            traces_of=control.store.traces_of,
+        )
+        return control.store.write(rows, replace=replace)
+
+    async def _batch(self, request: Request, *, replace: bool) -> Response:
+        if replace:
+            self.control.counters.upsert_requests += 1
+        payload, dirty = parse_json(await self._body(request))
+        if type(payload) is not dict or "items" not in payload:
+            raise ApiError(422, "body: must be an object with an 'items' list")
+        return _list_response(self._write(request, payload["items"], dirty, replace=replace))
+
+    async def upsert_batch(self, request: Request) -> Response:
+        return await self._batch(request, replace=True)
+
+    async def create_batch(self, request: Request) -> Response:
+        # Insert without replacing: a key already stored keeps its stored span (echoed back).
+        return await self._batch(request, replace=False)
+
+    async def create(self, request: Request) -> Response:
+        payload, dirty = parse_json(await self._body(request))
+        try:
+            [stored] = self._write(request, [payload], dirty, replace=False)
+        except ApiError as exc:
+            if isinstance(exc.detail, str) and exc.detail.startswith("items[0]"):
+                exc.detail = exc.detail.replace("items[0].", "", 1)
+            raise
+        return Response(stored, media_type="application/json")
+
+    async def get(self, request: Request) -> Response:
+        span_id: str = request.path_params["span_id"]
+        data = self.control.store.get_data(request.scope[_ACCOUNT_SCOPE_KEY], span_id)
+        if data is None:
+            raise ApiError(404, f"Span {span_id!r} not found")
+        return Response(data, media_type="application/json")
+
+    async def search(self, request: Request) -> Response:
+        body = await self._body(request)
+        filters, _ = parse_json(body) if body.strip() else ({}, False)
+        if type(filters) is not dict:
+            raise ApiError(422, "body: must be a JSON object of filters")
+        params = request.query_params
+        try:
+            limit = int(params.get("limit", DEFAULT_SEARCH_LIMIT))
+        except ValueError:
+            raise ApiError(422, "limit: must be an integer") from None
+        if not 1 <= limit <= MAX_SEARCH_LIMIT:
+            raise ApiError(422, f"limit: must be within [1, {MAX_SEARCH_LIMIT}]")
+        sort_order = params.get("sort_order", "asc")
+        if sort_order not in ("asc", "desc"):
+            raise ApiError(422, "sort_order: must be 'asc' or 'desc'")
+        sort_by = params.get("sort_by", "start_timestamp")
+        if sort_by not in SORT_KEYS:
+            raise ApiError(422, f"sort_by: must be one of {sorted(SORT_KEYS)}")
+        query = _search_query(request.scope[_ACCOUNT_SCOPE_KEY], filters)
+        spans, has_more = self.control.store.search(
+            query,
+            limit=limit,
+            sort_by=sort_by,
+            descending=sort_order == "desc",
+            starting_after=params.get("starting_after"),
+            ending_before=params.get("ending_before"),
+        )
+        body = (
+            b'{"items":['
+            + b",".join(spans)
+            + b'],"has_more":'
+            + (b"true" if has_more else b"false")
+            + b',"object":"list","limit":'
+            + str(limit).encode()
+            + b"}"
+        )
+        return Response(body, media_type="application/json")
+
+
+_LIST_FILTERS = {
+    "trace_ids": "trace_id",
+    "span_ids": "id",
+    "parent_ids": json_field("parent_id"),
+    "statuses": json_field("status"),
+    "types": json_field("type"),
+    "names": json_field("name"),
+    "application_variant_ids": json_field("application_variant_id"),
+}
+_EXCLUDE_FILTERS = {"excluded_span_ids": "id", "excluded_trace_ids": "trace_id"}
+
+
+def _timestamp_filter(field: str, value: Any) -> int:
+    try:
+        return timestamp_us(0, field, value)
+    except ApiError:
+        raise ApiError(422, f"{field}: invalid ISO 8601 date-time") from None
+
+
+def _search_query(account_id: str, filters: dict[str, Any]) -> SearchQuery:
+    """Translate the search filters this server supports; others are ignored."""
+    query = SearchQuery(account_id)
+    for field, column in (*_LIST_FILTERS.items(), *_EXCLUDE_FILTERS.items()):
+        values = filters.get(field)
+        if values is None:
+            continue
+        if type(values) is not list or not all(type(v) is str for v in values):
+            raise ApiError(422, f"{field}: must be a list of strings")
+        if field in _EXCLUDE_FILTERS:
+            if values:
+                query.none_of(column, values)
+        else:
+            query.any_of(column, values)
+    group_id = filters.get("group_id")
+    if group_id is not None:
+        if type(group_id) is not str:
+            raise ApiError(422, "group_id: must be a string")
+        query.where(f"{json_field('group_id')} = ?", group_id)
+    if filters.get("parents_only"):
+        query.where(f"{json_field('parent_id')} IS NULL")
+    from_ts = filters.get("from_ts")
+    to_ts = filters.get("to_ts")
+    start = _timestamp_filter("from_ts", from_ts) if from_ts is not None else None
+    end = _timestamp_filter("to_ts", to_ts) if to_ts is not None else None
+    if start is not None and end is not None and start > end:
+        raise ApiError(422, "from_ts: after to_ts")
+    if start is not None:
+        query.where("start_us >= ?", start)
+    if end is not None:
+        query.where("start_us <= ?", end)
+    return query
+
+
+# -- admin ------------------------------------------------------------------------------------
+
+
+class _Admin:
+    def __init__(self, control: ServerControl) -> None:
+        self.control = control
+
+    async def health(self, request: Request) -> Response:
+        return _json_response({"status": "ok"})
+
+    async def faults(self, request: Request) -> Response:
+        control = self.control
+        if request.method in ("PUT", "PATCH"):
+            changes, _ = parse_json(await request.body())
+            if type(changes) is not dict:
+                raise ApiError(422, "body: must be a JSON object")
+            try:
+                if request.method == "PUT":
+                    control.set_faults(**changes)
+                else:
+                    control.update_faults(**changes)
+            except (TypeError, ValueError) as exc:
+                raise ApiError(422, str(exc)) from None
+        return _json_response(control.faults.to_dict())
+
+    async def stats(self, request: Request) -> Response:
+        return _json_response(self.control.stats())
+
+    async def reset(self, request: Request) -> Response:
+        self.control.reset()
+        return _json_response({"status": "reset"})
+
+    async def spans(self, request: Request) -> Response:
+        params = request.query_params
+        spans = self.control.store.all_spans(
+            trace_id=params.get("trace_id"),
+            account_id=params.get("account_id"),
+            span_id=params.get("span_id"),
+        )
+        return _json_response({"items": spans, "count": len(spans)})
+
+    async def count(self, request: Request) -> Response:
+        params = request.query_params
+        n = self.control.store.count(
+            trace_id=params.get("trace_id"), account_id=params.get("account_id")
+        )
+        return _json_response({"count": n})
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    response = _json_response({"detail": exc.detail}, exc.status)
+    response.headers.update(exc.headers)
+    return response
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return Response(
+        orjson.dumps({"detail": exc.detail}),
+        status_code=exc.status_code,
+        headers=exc.headers,
+        media_type="application/json",
+    )
+
+
+def create_app(
+    *,
+    db: str = ":memory:",
+    api_keys: Mapping[str, str] | None = None,
+    prefix: str = "/public",
+    faults: Faults | None = None,
+) -> Starlette:
+    """A new server app with its own store (`db`: SQLite file path or ``":memory:"``).
+
+    `api_keys` maps each accepted API key to the account id it may select (default
+    ``{DEFAULT_API_KEY: DEFAULT_ACCOUNT_ID}``). `prefix` is where the API lives (``/public``
+    like the official SDK's local environment; ``""`` for none). Control the app through
+    `get_control(app)`.
+    """
+    prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
+    control = ServerControl(
+        store=SpanStore(db),
+        api_keys=api_keys if api_keys is not None else {DEFAULT_API_KEY: DEFAULT_ACCOUNT_ID},
+        prefix=prefix,
+        faults=faults,
+    )
+    api = _Api(control)
+    admin = _Admin(control)
+    routes = [
+        Route(f"{prefix}/v5/spans/batch", api.upsert_batch, methods=["PUT"]),
+        Route(f"{prefix}/v5/spans/batch", api.create_batch, methods=["POST"]),
+        Route(f"{prefix}/v5/spans/search", api.search, methods=["POST"]),
+        Route(f"{prefix}/v5/spans", api.create, methods=["POST"]),
+        Route(f"{prefix}/v5/spans/{{span_id:path}}", api.get, methods=["GET"]),
+        Route("/_admin/health", admin.health, methods=["GET"]),
+        Route("/_admin/faults", admin.faults, methods=["GET", "PUT", "PATCH"]),
+        Route("/_admin/stats", admin.stats, methods=["GET"]),
+        Route("/_admin/reset", admin.reset, methods=["POST"]),
+        Route("/_admin/spans", admin.spans, methods=["GET"]),
+        Route("/_admin/count", admin.count, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(_Gate, control=control)],
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+    )
+    app.state.sgp = control
+    return app
