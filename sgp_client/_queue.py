@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Final, Self
@@ -141,6 +142,19 @@ class _Entry:
 
 OnDrop = Callable[[Sequence[DroppedSpan], str, BaseException | None], None]
 
+# Every running queue, so a forked child can switch off the copies it inherited: their
+# dispatcher task does not exist in the child, so accepting items there would lose them.
+_running_queues: weakref.WeakSet[UpsertQueue] = weakref.WeakSet()
+
+
+def _disable_inherited_queues() -> None:
+    for queue in list(_running_queues):
+        queue._running = False
+    _running_queues.clear()
+
+
+os.register_at_fork(after_in_child=_disable_inherited_queues)
+
 
 class UpsertQueue:
     """Coalescing, bounded queue in front of ``client.spans.upsert_batch``.
@@ -256,6 +270,7 @@ class UpsertQueue:
         await task_group.__aenter__()
         self._task_group = task_group
         self._running = True
+        _running_queues.add(self)
         self._wake = anyio.Event()
         task_group.start_soon(self._dispatch)
         return self
@@ -269,6 +284,7 @@ class UpsertQueue:
         task_group = self._task_group
         assert task_group is not None
         self._running = False
+        _running_queues.discard(self)
         self._closing = True
         with anyio.CancelScope(shield=True):
             # Drain within the deadline, even when the caller is being cancelled.
