@@ -1,0 +1,470 @@
+"""The stateless SGP processor: every span event becomes one fresh ``SpanItem``, submitted.
+
+No per-span state, on purpose (see "Why the tracing layer is stateless" in the API notes):
+a start and its end may be seen by different processes, so each event carries everything its
+item needs and the idempotent upsert (and the queue's coalescing) does the rest. An END seen
+without its START still produces a complete span; a START never seen ends nothing here.
+
+Processors are called from agent code, so ``SGPTracingProcessor`` never raises into it. It
+coerces what it can (the slow path, ``_coerce``) and drops, counts and logs what it cannot.
+The usual event takes the fast path: a few type checks on locals and a trusted ``SpanItem``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Final, Protocol, runtime_checkable
+
+import attrs
+
+from sgp_client import (
+    SPAN_STATUSES,
+    SPAN_TYPES,
+    InvalidSpanError,
+    QueueNotRunningError,
+    SpanItem,
+    SpanType,
+)
+
+from ._coerce import PayloadFitter, fix_str, to_json_safe
+from ._items import MAX_ID_BYTES, id_problem, make_item, payloads_fit
+from ._ratelimit import RateLimitedLog, logger
+from ._span import Span
+
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "ERROR_METADATA_KEY",
+    "ORIGINAL_TYPE_METADATA_KEY",
+    "ProcessorStats",
+    "SGPTracingProcessor",
+    "SpanSink",
+    "TracingProcessor",
+]
+
+#: Default limit of one encoded payload (input, output or metadata) of one item.
+DEFAULT_MAX_PAYLOAD_BYTES: Final = 256 * 1024
+#: Metadata key of an ended span's error details (agentex's convention for the same thing).
+ERROR_METADATA_KEY: Final = "__error__"
+#: Metadata key keeping a span type the API does not know (the item says ``CUSTOM``).
+ORIGINAL_TYPE_METADATA_KEY: Final = "__span_type__"
+_MAX_NAME_CHARS: Final = 4096
+
+
+class SpanSink(Protocol):
+    """Anything that takes span items: ``sgp_client.UpsertQueue``, or a test double.
+
+    ``submit`` should be quick and must not block; it may raise ``InvalidSpanError`` for an
+    item it refuses and ``QueueNotRunningError`` when it is not accepting items.
+    """
+
+    def submit(self, item: SpanItem, /) -> None:
+        """Take one item."""
+
+
+@runtime_checkable
+class TracingProcessor(Protocol):
+    """Receives span events from a ``Tracer``; synchronous, cheap, and keeps no span state."""
+
+    def on_span_start(self, span: Span, /) -> None:
+        """A span started (``end_time`` and ``status`` are None)."""
+
+    def on_span_end(self, span: Span, /) -> None:
+        """A span ended (``end_time`` and ``status`` are set)."""
+
+    def on_spans_start(self, spans: Iterable[Span], /) -> None:
+        """Several spans started."""
+
+    def on_spans_end(self, spans: Iterable[Span], /) -> None:
+        """Several spans ended."""
+
+    def shutdown(self) -> None:
+        """No more events will come."""
+
+
+@attrs.frozen(kw_only=True)
+class ProcessorStats:
+    """What a processor had to fix (``coerced``) or give up on (``dropped``), by reason.
+
+    ``coerced`` reasons: ``input_not_dict`` / ``output_not_dict`` / ``metadata_not_dict``
+    (wrapped as ``{"value": ...}``), ``not_json`` (values converted), ``truncated`` (a payload
+    over the size limit replaced by a marker), ``name``, ``start_time``, ``missing_end_time``,
+    ``end_before_start``, ``invalid_status``, ``unknown_type``, ``resubmitted`` (the sink
+    refused the fast item and took the fully converted one).
+
+    ``dropped`` reasons: ``invalid_id``, ``invalid_start_time``, ``invalid_item``,
+    ``rejected`` (the sink refused even the converted item), ``sink_not_running``,
+    ``sink_error``, ``shutdown`` (event after ``shutdown()``), ``processor_error``.
+    """
+
+    coerced: Mapping[str, int]
+    dropped: Mapping[str, int]
+
+    @property
+    def total_dropped(self) -> int:
+        """Events that produced no item."""
+        return sum(self.dropped.values())
+
+
+class SGPTracingProcessor:
+    """Turns span events into ``SpanItem``s and submits them to ``sink``; never raises.
+
+    ``max_payload_bytes`` bounds each encoded payload (input, output, metadata); a bigger one
+    is replaced by a ``{"__truncated__": true, ...}`` marker with a preview. ``default_type``
+    is the type of spans that have none (None lets the server decide); an unknown type is
+    sent as ``CUSTOM`` with the original in ``metadata["__span_type__"]``. The status of an
+    end is the span's, or ``ERROR`` when it carries an error, else ``SUCCESS``; a start has
+    none. Problems are counted in ``stats`` and logged at most once per ``log_interval``
+    seconds per reason.
+    """
+
+    __slots__ = (
+        "_coerced",
+        "_default_type",
+        "_dropped",
+        "_fitter",
+        "_log",
+        "_max_bytes",
+        "_submit",
+    )
+
+    def __init__(
+        self,
+        sink: SpanSink,
+        *,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        default_type: SpanType | None = None,
+        log_interval: float = 10.0,
+        log: logging.Logger = logger,
+    ) -> None:
+        if max_payload_bytes < 256:
+            raise ValueError(f"max_payload_bytes must be at least 256, got {max_payload_bytes}")
+        if default_type is not None and default_type not in SPAN_TYPES:
+            raise ValueError(f"default_type {default_type!r} is not a known span type")
+        self._submit = sink.submit  # bound once: one attribute lookup fewer per event
+        self._default_type = default_type
+        self._fitter = PayloadFitter(max_payload_bytes)
+        self._max_bytes = max_payload_bytes
+        self._coerced: dict[str, int] = {}
+        self._dropped: dict[str, int] = {}
+        self._log = RateLimitedLog(log, interval=log_interval)
+
+    @property
+    def stats(self) -> ProcessorStats:
+        """A snapshot of the counters."""
+        return ProcessorStats(coerced=dict(self._coerced), dropped=dict(self._dropped))
+
+    # -- events -------------------------------------------------------------------------
+
+    def on_span_start(self, span: Span, /) -> None:
+        """Submit the in-progress item of ``span`` (no end, no status)."""
+        item: SpanItem | None
+        try:
+            sid, tid, pid = span.id, span.trace_id, span.parent_id
+            name, start, kind = span.name, span.start_time, span.type
+            inp, out, meta = span.input, span.output, span.metadata
+            # The usual shape, checked inline on locals; see _items for why this is enough.
+            if (
+                type(sid) is str
+                and 0 < len(sid) <= MAX_ID_BYTES
+                and sid.isascii()
+                and "\x00" not in sid
+                and type(tid) is str
+                and 0 < len(tid) <= MAX_ID_BYTES
+                and tid.isascii()
+                and "\x00" not in tid
+                and (
+                    pid is None
+                    or (
+                        type(pid) is str
+                        and 0 < len(pid) <= MAX_ID_BYTES
+                        and pid.isascii()
+                        and "\x00" not in pid
+                    )
+                )
+                and span.group_id is None
+                and type(name) is str
+                and len(name) <= _MAX_NAME_CHARS
+                and name.isascii()
+                and type(start) is datetime
+                and start.tzinfo is not None
+                and (kind is None or kind in SPAN_TYPES)
+                and (inp is None or type(inp) is dict)
+                and (out is None or type(out) is dict)
+                and (meta is None or type(meta) is dict)
+                and (
+                    (inp is None and out is None and meta is None)
+                    or payloads_fit(inp, out, meta, self._max_bytes)
+                )
+            ):
+                item = make_item(
+                    name,
+                    tid,
+                    sid,
+                    pid,
+                    None,
+                    start,
+                    None,
+                    None,
+                    kind if kind is not None else self._default_type,
+                    inp,
+                    out,
+                    meta,
+                )
+            else:
+                item = self._slow_item(span, completed=False, force=False)
+                if item is None:
+                    return
+        except Exception as exc:  # e.g. a duck-typed span whose attribute raises
+            self._drop("processor_error", "building the start of a span failed: %r", exc)
+            return
+        try:
+            self._submit(item)
+        except Exception as exc:  # the sink's problem, never the caller's
+            self._sink_failed(exc, span, completed=False)
+
+    def on_span_end(self, span: Span, /) -> None:
+        """Submit the completed item of ``span``: everything its start had, plus the end."""
+        item: SpanItem | None
+        try:
+            sid, tid, pid = span.id, span.trace_id, span.parent_id
+            name, start, end, kind = span.name, span.start_time, span.end_time, span.type
+            status = span.status
+            inp, out, meta = span.input, span.output, span.metadata
+            if (
+                type(sid) is str
+                and 0 < len(sid) <= MAX_ID_BYTES
+                and sid.isascii()
+                and "\x00" not in sid
+                and type(tid) is str
+                and 0 < len(tid) <= MAX_ID_BYTES
+                and tid.isascii()
+                and "\x00" not in tid
+                and (
+                    pid is None
+                    or (
+                        type(pid) is str
+                        and 0 < len(pid) <= MAX_ID_BYTES
+                        and pid.isascii()
+                        and "\x00" not in pid
+                    )
+                )
+                and span.group_id is None
+                and span.error is None
+                and type(name) is str
+                and len(name) <= _MAX_NAME_CHARS
+                and name.isascii()
+                and type(start) is datetime
+                and start.tzinfo is not None
+                and type(end) is datetime
+                and end.tzinfo is not None
+                and end >= start
+                and (status is None or status in SPAN_STATUSES)
+                and (kind is None or kind in SPAN_TYPES)
+                and (inp is None or type(inp) is dict)
+                and (out is None or type(out) is dict)
+                and (meta is None or type(meta) is dict)
+                and (
+                    (inp is None and out is None and meta is None)
+                    or payloads_fit(inp, out, meta, self._max_bytes)
+                )
+            ):
+                item = make_item(
+                    name,
+                    tid,
+                    sid,
+                    pid,
+                    None,
+                    start,
+                    end,
+                    status if status is not None else "SUCCESS",
+                    kind if kind is not None else self._default_type,
+                    inp,
+                    out,
+                    meta,
+                )
+            else:
+                item = self._slow_item(span, completed=True, force=False)
+                if item is None:
+                    return
+        except Exception as exc:  # e.g. a duck-typed span whose attribute raises
+            self._drop("processor_error", "building the end of a span failed: %r", exc)
+            return
+        try:
+            self._submit(item)
+        except Exception as exc:  # the sink's problem, never the caller's
+            self._sink_failed(exc, span, completed=True)
+
+    def on_spans_start(self, spans: Iterable[Span], /) -> None:
+        """``on_span_start`` for each span."""
+        try:
+            for span in spans:
+                self.on_span_start(span)
+        except Exception as exc:  # a broken iterable
+            self._drop("processor_error", "iterating started spans failed: %r", exc)
+
+    def on_spans_end(self, spans: Iterable[Span], /) -> None:
+        """``on_span_end`` for each span."""
+        try:
+            for span in spans:
+                self.on_span_end(span)
+        except Exception as exc:  # a broken iterable
+            self._drop("processor_error", "iterating ended spans failed: %r", exc)
+
+    def shutdown(self) -> None:
+        """Stop submitting; later events are dropped (``shutdown``). The sink is not closed:
+        whoever opened it (``async with UpsertQueue(...)``) owns its lifecycle."""
+        self._submit = self._closed
+
+    # -- the slow path ------------------------------------------------------------------
+
+    def _slow_item(self, span: Span, *, completed: bool, force: bool) -> SpanItem | None:
+        """The careful build: check ids, coerce everything else, validate for real."""
+        counts = self._coerced
+        span_id: Any = getattr(span, "id", None)
+        trace_id: Any = getattr(span, "trace_id", None)
+        parent_id: Any = getattr(span, "parent_id", None)
+        group_id: Any = getattr(span, "group_id", None)
+        for field, value, required in (
+            ("id", span_id, True),
+            ("trace_id", trace_id, True),
+            ("parent_id", parent_id, False),
+            ("group_id", group_id, False),
+        ):
+            problem = id_problem(value, required=required)
+            if problem is not None:
+                # An id cannot be guessed: a made-up one would be another span.
+                self._drop("invalid_id", "span dropped: %s %s (%r)", field, problem, value)
+                return None
+
+        name = getattr(span, "name", None)
+        if type(name) is not str or len(name) > _MAX_NAME_CHARS or not name.isascii():
+            fixed = fix_str(name if type(name) is str else _text(name), _MAX_NAME_CHARS)
+            if fixed != name:
+                _count(counts, "name")
+            name = fixed
+
+        raw_start = getattr(span, "start_time", None)
+        start = _as_datetime(raw_start)
+        if start is None:
+            # The start is part of the span's identity on the server: no guessing either.
+            self._drop("invalid_start_time", "span %r dropped: no usable start_time", span_id)
+            return None
+        if type(raw_start) is str:
+            _count(counts, "start_time")
+
+        end: datetime | None = None
+        status: str | None = None
+        error = getattr(span, "error", None)
+        if completed:
+            given_end = _as_datetime(getattr(span, "end_time", None))
+            if given_end is None:
+                _count(counts, "missing_end_time")
+                given_end = datetime.now(UTC)
+            end = given_end
+            if _utc(given_end) < _utc(start):
+                # A wall clock stepping back (NTP) must not cost the span: the API would
+                # reject the whole batch (422). Zero duration is the honest fallback.
+                _count(counts, "end_before_start")
+                end = start
+            status = getattr(span, "status", None)
+            if status not in SPAN_STATUSES:
+                if status is not None:
+                    _count(counts, "invalid_status")
+                status = "ERROR" if error is not None else "SUCCESS"
+
+        kind = getattr(span, "type", None)
+        original_kind: Any = None
+        if kind is None:
+            kind = self._default_type
+        elif kind not in SPAN_TYPES:
+            _count(counts, "unknown_type")
+            original_kind, kind = kind, "CUSTOM"
+
+        fit = self._fitter.fit
+        inp = fit(getattr(span, "input", None), "input", counts, force=force)
+        out = fit(getattr(span, "output", None), "output", counts, force=force)
+        meta = fit(getattr(span, "metadata", None), "metadata", counts, force=force)
+        if (completed and error is not None) or original_kind is not None:
+            meta = dict(meta) if meta is not None else {}
+            if completed and error is not None:
+                meta[ERROR_METADATA_KEY] = to_json_safe(error, max_str=self._fitter.max_bytes // 4)
+            if original_kind is not None:
+                meta[ORIGINAL_TYPE_METADATA_KEY] = to_json_safe(original_kind, max_str=256)
+
+        try:
+            return SpanItem(
+                name=name,
+                trace_id=trace_id,
+                start_timestamp=start,
+                id=span_id,
+                parent_id=parent_id,
+                group_id=group_id,
+                end_timestamp=end,
+                status=status,  # type: ignore[arg-type]
+                type=kind,  # type: ignore[arg-type]
+                input=inp,
+                output=out,
+                metadata=meta,
+            )
+        except InvalidSpanError as exc:
+            self._drop("invalid_item", "span %r dropped: %s", span_id, exc)
+            return None
+
+    def _sink_failed(self, exc: Exception, span: Span, *, completed: bool) -> None:
+        if isinstance(exc, QueueNotRunningError):
+            self._drop("sink_not_running", "span dropped: the sink is not running (%s)", exc)
+            return
+        if not isinstance(exc, InvalidSpanError):
+            self._drop("sink_error", "span dropped: the sink raised %r", exc)
+            return
+        # The sink refused what the fast path let through (it may check more than we do):
+        # convert everything and try once more.
+        try:
+            item = self._slow_item(span, completed=completed, force=True)
+            if item is None:
+                return
+            self._submit(item)
+        except InvalidSpanError as again:
+            self._drop("rejected", "span dropped: the sink refused it: %s", again)
+        except QueueNotRunningError as again:
+            self._drop("sink_not_running", "span dropped: the sink is not running (%s)", again)
+        except Exception as again:  # the sink's problem, never the caller's
+            self._drop("sink_error", "span dropped: the sink raised %r", again)
+        else:
+            _count(self._coerced, "resubmitted")
+
+    def _closed(self, item: SpanItem, /) -> None:
+        self._drop("shutdown", "span %r dropped: the processor is shut down", item.id)
+
+    def _drop(self, reason: str, message: str, *args: object) -> None:
+        _count(self._dropped, reason)
+        self._log.warning(reason, message, *args)
+
+
+def _count(counts: dict[str, int], reason: str) -> None:
+    counts[reason] = counts.get(reason, 0) + 1
+
+
+def _text(value: object) -> str:
+    try:
+        return str(value)
+    except Exception:  # __str__ of a hostile object
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _as_datetime(value: object) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if type(value) is str:
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _utc(value: datetime) -> datetime:
+    # Naive means UTC everywhere in the SDK; normalizing lets naive and aware compare.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
