@@ -33,10 +33,11 @@ from ._models import SpanItem
 from ._retry import Backoff, is_transient
 from ._serialization import (
     Snapshot,
-    encode_items_body,
+    encode_batch_body,
     encode_snapshot,
     loads,
     snapshot_containers,
+    snapshot_to_dict,
 )
 
 __all__ = ["DropReason", "DroppedSpan", "QueueStats", "UpsertQueue"]
@@ -46,8 +47,6 @@ logger = logging.getLogger("sgp_client.queue")
 _Key = tuple[str, str]
 _Intake = tuple[SpanItem, "Snapshot | None", int]
 _BATCH_PATH: Final = "/v5/spans/batch"
-# Room in a request body for the ``{"items":[...]}`` envelope.
-_ENVELOPE_BYTES: Final = 12
 # Estimated encoded size of an item beyond its name and snapshotted parts (ids, timestamps,
 # keys, status); used for the memory bound, never for the exact request-size limit.
 _ITEM_OVERHEAD: Final = 256
@@ -114,7 +113,7 @@ class QueueStats:
 class _Entry:
     """One pending or in-flight write: the newest version of one key, encoded when sent."""
 
-    __slots__ = ("completed", "created", "data", "item", "key", "seq", "size", "snapshot")
+    __slots__ = ("completed", "created", "item", "key", "seq", "size", "snapshot")
 
     def __init__(
         self,
@@ -128,16 +127,10 @@ class _Entry:
         self.key = key
         self.item = item
         self.snapshot = snapshot
-        self.size = size  # estimated until encoded, then exact
+        self.size = size  # estimated encoded size, for the memory bound
         self.completed = item.end_timestamp is not None
         self.seq = seq  # submission number of the first item merged into this entry
         self.created = created
-        self.data = b""  # the encoded item, once its batch is formed
-
-    def encode(self) -> bytes:
-        if not self.data:
-            self.data = encode_snapshot(self.item, self.snapshot)
-        return self.data
 
 
 OnDrop = Callable[[Sequence[DroppedSpan], str, BaseException | None], None]
@@ -385,7 +378,6 @@ class UpsertQueue:
                 return  # a completed version beats this in-progress one
             self._pending_bytes += size - entry.size
             entry.item, entry.snapshot, entry.size = item, snapshot, size
-            entry.data = b""  # encoded lazily again, from the newer version
             if completed and not entry.completed:
                 entry.completed = True
                 del self._pending_starts[key]
@@ -547,16 +539,16 @@ class UpsertQueue:
         if not due:
             return [], False
         batch: list[_Entry] = []
-        size = _ENVELOPE_BYTES
+        size = 0
         in_flight = self._in_flight
         for key, entry in self._pending.items():
             if key in in_flight:
                 continue  # one write per key in flight: this newer version waits
-            entry_size = len(entry.encode()) + 1  # and its comma
-            if batch and size + entry_size > self.max_batch_bytes:
+            # Estimated sizes here; _deliver halves a batch whose real body is too big.
+            if batch and size + entry.size > self.max_batch_bytes:
                 break
             batch.append(entry)
-            size += entry_size
+            size += entry.size
             if len(batch) >= self.max_batch_size:
                 break
         pending, starts = self._pending, self._pending_starts
@@ -595,9 +587,12 @@ class UpsertQueue:
 
     async def _deliver(self, batch: list[_Entry], deadline: float) -> None:
         """Send a batch until every entry in it is delivered or dropped."""
+        body = encode_batch_body([snapshot_to_dict(e.item, e.snapshot) for e in batch])
+        if len(body) > self.max_batch_bytes and len(batch) > 1:
+            await self._deliver_halves(batch, deadline)
+            return
         attempt = 0
         while True:
-            body = encode_items_body([entry.encode() for entry in batch])
             self._requests += 1
             try:
                 await self._client.send_once(
@@ -668,7 +663,7 @@ class UpsertQueue:
                     trace_id=entry.key[0],
                     span_id=entry.key[1],
                     completed=entry.completed,
-                    payload=entry.encode(),
+                    payload=encode_snapshot(entry.item, entry.snapshot),
                 )
                 for entry in entries
             ]

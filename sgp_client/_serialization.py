@@ -125,6 +125,13 @@ def loads(data: bytes | str) -> Any:
 Snapshot = tuple[bytes | None, bytes | None, bytes | None, bytes | None]
 
 
+def _kept(encoded: bytes) -> bytes:
+    # orjson returns bytes in an oversized buffer that is shrunk in place; keeping thousands
+    # of them alive makes the allocator crawl (measured: 1.9 us per dumps kept, 0.16 us with
+    # this copy). A two-part join returns a fresh, exactly sized copy.
+    return b"".join((encoded, b""))
+
+
 def snapshot_containers(item: SpanItem) -> Snapshot | None:
     """Encode the item's mutable parts (input, output, metadata, expected) now.
 
@@ -138,17 +145,17 @@ def snapshot_containers(item: SpanItem) -> Snapshot | None:
         return None
     try:
         return (
-            None if inp is None else orjson.dumps(inp, option=_DUMPS_OPTIONS),
-            None if out is None else orjson.dumps(out, option=_DUMPS_OPTIONS),
-            None if meta is None else orjson.dumps(meta, option=_DUMPS_OPTIONS),
-            None if exp is None else orjson.dumps(exp, option=_DUMPS_OPTIONS),
+            None if inp is None else _kept(orjson.dumps(inp, option=_DUMPS_OPTIONS)),
+            None if out is None else _kept(orjson.dumps(out, option=_DUMPS_OPTIONS)),
+            None if meta is None else _kept(orjson.dumps(meta, option=_DUMPS_OPTIONS)),
+            None if exp is None else _kept(orjson.dumps(exp, option=_DUMPS_OPTIONS)),
         )
     except (TypeError, ValueError) as exc:
         raise _encoding_error(item_to_dict(item), exc) from None
 
 
-def encode_snapshot(item: SpanItem, snapshot: Snapshot | None) -> bytes:
-    """Encode an item whose mutable parts were snapshotted by ``snapshot_containers``."""
+def snapshot_to_dict(item: SpanItem, snapshot: Snapshot | None) -> dict[str, Any]:
+    """The item's JSON object, its mutable parts taken from the snapshot (pre-encoded)."""
     data = item_to_dict(item)
     if snapshot is not None:
         inp, out, meta, exp = snapshot
@@ -160,4 +167,18 @@ def encode_snapshot(item: SpanItem, snapshot: Snapshot | None) -> bytes:
             data["metadata"] = orjson.Fragment(meta)
         if exp is not None:
             data["expected"] = orjson.Fragment(exp)
-    return orjson.dumps(data, option=_DUMPS_OPTIONS)
+    return data
+
+
+def encode_snapshot(item: SpanItem, snapshot: Snapshot | None) -> bytes:
+    """Encode one snapshotted item (see ``snapshot_containers``)."""
+    return orjson.dumps(snapshot_to_dict(item, snapshot), option=_DUMPS_OPTIONS)
+
+
+def encode_batch_body(items: list[dict[str, Any]]) -> bytes:
+    """The ``{"items": [...]}`` body of a batch request, in one encoding pass.
+
+    One big buffer per request rather than one bytes object per item: cheaper to build,
+    and nothing per item is kept alive.
+    """
+    return orjson.dumps({"items": items}, option=_DUMPS_OPTIONS)
