@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -21,6 +21,7 @@ from ._config import ClientConfig, resolve_config
 from ._exceptions import (
     APIConnectionError,
     APIError,
+    APIStatusError,
     APITimeoutError,
     ClientClosedError,
     SGPError,
@@ -39,6 +40,8 @@ MAX_BATCH_ITEMS: Final = 1000
 #: Per-request timeouts, as the official SDK: 60 s overall, 5 s to connect.
 DEFAULT_TIMEOUT: Final = httpx.Timeout(60.0, connect=5.0)
 _BATCH_PATH: Final = "/v5/spans/batch"
+
+T = TypeVar("T")
 
 
 class AsyncSGPClient:
@@ -74,6 +77,8 @@ class AsyncSGPClient:
             raise ValueError("pass either transport= or http_client=, not both")
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
+        if call_timeout is not None and not call_timeout > 0:
+            raise ValueError("call_timeout must be > 0 seconds, or None for no deadline")
         self._config: ClientConfig = resolve_config(
             api_key=api_key,
             account_id=account_id,
@@ -169,28 +174,44 @@ class AsyncSGPClient:
         """
         self._check_usable()
         url = self._config.base_url + path
+        request = self._http.build_request(
+            method,
+            url,
+            content=content,
+            params=params,
+            headers=self._headers,
+            timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+        )
+        if content is not None:
+            request.stream = _Body(content)
         try:
-            response = await self._http.request(
-                method,
-                url,
-                content=content,
-                params=params,
-                headers=self._headers,
-                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-            )
+            # Even on a caller's http_client: a redirect would carry the key elsewhere.
+            response = await self._http.send(request, follow_redirects=False)
         except httpx.TimeoutException as exc:
             raise APITimeoutError(
                 f"{method} {url} timed out ({type(exc).__name__})", method=method, url=url
             ) from exc
         except httpx.TransportError as exc:
-            raise APIConnectionError(
-                f"{method} {url} failed: {type(exc).__name__}: {exc}", method=method, url=url
-            ) from exc
-        if response.status_code >= 400:
+            # Some transport errors quote what was sent (h11 quotes a refused header value).
+            message = self._scrub(f"{method} {url} failed: {type(exc).__name__}: {exc}")
+            raise APIConnectionError(message, method=method, url=url) from exc
+        # A redirect is not followed (see above), so for a JSON API it is an error too.
+        if response.status_code >= 300:
             raise self._status_error(response, method, url)
         return response
 
-    def _status_error(self, response: httpx.Response, method: str, url: str) -> APIError:
+    def _scrub(self, value: Any) -> Any:
+        """``value`` with the API key masked wherever it occurs (servers may echo it)."""
+        key = self._config.api_key
+        if isinstance(value, str):
+            return value.replace(key, "***") if key in value else value
+        if isinstance(value, list):
+            return [self._scrub(v) for v in value]
+        if isinstance(value, dict):
+            return {self._scrub(k): self._scrub(v) for k, v in value.items()}
+        return value
+
+    def _status_error(self, response: httpx.Response, method: str, url: str) -> APIStatusError:
         detail: Any
         try:
             body = loads(response.content)
@@ -200,14 +221,26 @@ class AsyncSGPClient:
         cls = status_error_class(response.status_code)
         return cls(
             status_code=response.status_code,
-            detail=detail,
+            detail=self._scrub(detail),
             request_id=response.headers.get("x-request-id"),
             method=method,
             url=url,
-            retry_after=parse_retry_after(
-                response.headers.get("retry-after"), cap=self.backoff.max_retry_after
-            ),
+            retry_after=self._retry_after(response.headers),
         )
+
+    def _retry_after(self, headers: httpx.Headers) -> float | None:
+        cap = self.backoff.max_retry_after
+        # ``retry-after-ms`` (sent by some gateways, honoured by the official SDK) is finer.
+        millis = headers.get("retry-after-ms")
+        if millis:
+            try:
+                seconds = float(millis) / 1000
+            except ValueError:
+                pass
+            else:
+                if seconds == seconds:  # not NaN
+                    return min(max(seconds, 0.0), cap)
+        return parse_retry_after(headers.get("retry-after"), cap=cap)
 
     async def request(
         self,
@@ -224,13 +257,14 @@ class AsyncSGPClient:
         jitter, honouring ``Retry-After``; nothing else is. ``call_timeout`` bounds it all.
         """
         retries = self.max_retries if max_retries is None else max_retries
-        deadline = None if self.call_timeout is None else time.monotonic() + self.call_timeout
+        # The event loop's clock, the one ``fail_after`` and ``sleep`` measure with.
+        deadline = None if self.call_timeout is None else anyio.current_time() + self.call_timeout
         attempt = 0
         while True:
             try:
                 with anyio.fail_after(_remaining(deadline)):
                     response = await self.send_once(method, path, content=content, params=params)
-                return loads(response.content) if response.content else None
+                return self._decode(response, method, path)
             except TimeoutError:
                 raise APITimeoutError(
                     f"{method} {path}: call deadline of {self.call_timeout} s exceeded",
@@ -250,11 +284,60 @@ class AsyncSGPClient:
                 attempt += 1
                 await anyio.sleep(delay)
 
+    def _decode(self, response: httpx.Response, method: str, path: str) -> Any:
+        if not response.content:
+            return None
+        try:
+            return loads(response.content)
+        except ValueError:
+            raise APIError(
+                f"{method} {path}: the answer ({response.status_code}) is not JSON",
+                method=method,
+                url=self._config.base_url + path,
+            ) from None
+
+    def _structure(self, data: Any, cls: type[T], method: str, path: str) -> T:
+        """Build the answer's model; an answer of the wrong shape is an ``APIError``."""
+        try:
+            return structure(data, cls)
+        except Exception as exc:
+            raise APIError(
+                f"{method} {path}: unexpected answer shape: {exc}",
+                method=method,
+                url=self._config.base_url + path,
+            ) from exc
+
 
 def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
-    return max(deadline - time.monotonic(), 0.0)
+    return max(deadline - anyio.current_time(), 0.0)
+
+
+class _Body(httpx.ByteStream):
+    """A request body whose async iteration needs no cleanup.
+
+    httpx's own ``ByteStream.__aiter__`` is an async generator: when a connection breaks
+    after the body was taken but before the generator finished, it is garbage collected
+    unfinished, which trio reports with a ResourceWarning on every dropped request.
+    """
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _OneChunk(self._stream)
+
+
+class _OneChunk:
+    def __init__(self, chunk: bytes) -> None:
+        self._chunk: bytes | None = chunk
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk, self._chunk = self._chunk, None
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
 
 
 class SpansResource:
@@ -268,27 +351,34 @@ class SpansResource:
 
         Spans are keyed by (``trace_id``, ``id``); a completed span beats an in-progress one.
         """
-        body = _batch_body(items)
-        answer = await self._client.request("PUT", _BATCH_PATH, content=body)
-        return structure(answer["items"], list[Span])
+        return await self._send_batch("PUT", items)
 
     async def batch(self, items: Iterable[SpanItem]) -> list[Span]:
         """Insert up to 1000 new spans (``POST /v5/spans/batch``), without replacing."""
+        return await self._send_batch("POST", items)
+
+    async def _send_batch(self, method: str, items: Iterable[SpanItem]) -> list[Span]:
         body = _batch_body(items)
-        answer = await self._client.request("POST", _BATCH_PATH, content=body)
-        return structure(answer["items"], list[Span])
+        answer = await self._client.request(method, _BATCH_PATH, content=body)
+        if not isinstance(answer, dict):
+            answer = {}
+        return self._client._structure(answer.get("items"), list[Span], method, _BATCH_PATH)
 
     async def create(self, item: SpanItem) -> Span:
         """Create one span (``POST /v5/spans``)."""
+        if not isinstance(item, SpanItem):
+            raise TypeError(f"item is a {type(item).__name__}, expected SpanItem")
         answer = await self._client.request("POST", "/v5/spans", content=encode_item(item))
-        return structure(answer, Span)
+        return self._client._structure(answer, Span, "POST", "/v5/spans")
 
     async def get(self, span_id: str) -> Span:
         """Fetch one span by id (``GET /v5/spans/{span_id}``); ``NotFoundError`` if absent."""
-        if not span_id or "/" in span_id:
+        if not isinstance(span_id, str) or not span_id or "/" in span_id:
             raise ValueError(f"invalid span id {span_id!r}")
-        answer = await self._client.request("GET", f"/v5/spans/{span_id}")
-        return structure(answer, Span)
+        # Quoted, so an id holding "?", "#" or "%" still names one span and nothing else.
+        path = f"/v5/spans/{quote(span_id, safe='')}"
+        answer = await self._client.request("GET", path)
+        return self._client._structure(answer, Span, "GET", path)
 
     def search(
         self,
@@ -307,10 +397,20 @@ class SpansResource:
         """Iterate over every span matching the filters, fetching cursor pages as needed.
 
         Filters go in the JSON body (``POST /v5/spans/search``); other API filters can be
-        passed as keyword arguments.
+        passed as keyword arguments. Nothing is sent until iteration starts; leaving the
+        loop early needs no cleanup.
         """
         if not 1 <= page_size <= 1000:
             raise ValueError("page_size must be between 1 and 1000")
+        for name, value in (
+            ("trace_ids", trace_ids),
+            ("span_ids", span_ids),
+            ("parent_ids", parent_ids),
+            ("names", names),
+        ):
+            # A bare string is a Sequence[str] too, and would be sent as a list of letters.
+            if isinstance(value, str):
+                raise TypeError(f"{name} must be a list of strings, not a str")
         body: dict[str, Any] = {
             key: list(value) if isinstance(value, (list, tuple)) else value
             for key, value in {
@@ -329,20 +429,53 @@ class SpansResource:
             params["sort_order"] = sort_order
         if sort_by is not None:
             params["sort_by"] = sort_by
-        return self._pages(dumps(body), params)
+        return _SearchPages(self._client, dumps(body), params)
 
-    async def _pages(self, body: bytes, params: dict[str, Any]) -> AsyncIterator[Span]:
-        while True:
-            page = await self._client.request(
-                "POST", "/v5/spans/search", content=body, params=params
-            )
-            items = page.get("items") or []
-            for span in structure(items, list[Span]):
-                yield span
-            cursor = page.get("next_cursor") or (items[-1]["id"] if items else None)
-            if not page.get("has_more") or cursor is None:
-                return
-            params = {**params, "starting_after": cursor}
+
+class _SearchPages:
+    """The async iterator ``search`` returns: one request per cursor page, on demand.
+
+    A class rather than an async generator: an unfinished generator must be closed
+    explicitly (trio warns when one is garbage collected), and callers break out of
+    ``async for`` loops over search results all the time.
+    """
+
+    _PATH: Final = "/v5/spans/search"
+
+    def __init__(self, client: AsyncSGPClient, body: bytes, params: dict[str, Any]) -> None:
+        self._client = client
+        self._body = body
+        self._params = params
+        self._buffer: list[Span] = []
+        self._index = 0
+        self._done = False
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Span:
+        while self._index >= len(self._buffer):
+            if self._done:
+                raise StopAsyncIteration
+            await self._fetch()
+        span = self._buffer[self._index]
+        self._index += 1
+        return span
+
+    async def _fetch(self) -> None:
+        page = await self._client.request(
+            "POST", self._PATH, content=self._body, params=self._params
+        )
+        if not isinstance(page, dict):
+            page = {"items": page}
+        items = page.get("items") or []
+        self._buffer = self._client._structure(items, list[Span], "POST", self._PATH)
+        self._index = 0
+        cursor = page.get("next_cursor") or (self._buffer[-1].id if self._buffer else None)
+        if not page.get("has_more") or cursor is None:
+            self._done = True
+        else:
+            self._params = {**self._params, "starting_after": cursor}
 
 
 def _batch_body(items: Iterable[SpanItem]) -> bytes:

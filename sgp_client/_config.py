@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from typing import Final, Literal
 from urllib.parse import urlsplit
@@ -24,7 +26,10 @@ ENVIRONMENTS: Final[Mapping[str, str]] = {
     "local": "http://127.0.0.1:5003/public",
 }
 
-_LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+# Anything a header value cannot carry: control characters (a trailing newline read from a
+# key file is the usual culprit) and surrounding whitespace. h11 would refuse such a header
+# with an error message quoting the value, which for the key would leak it.
+_BAD_HEADER_VALUE = re.compile(r"[\x00-\x1f\x7f]|^\s|\s$")
 
 
 def _mask(secret: str) -> str:
@@ -47,7 +52,24 @@ def _env(name: str, environ: Mapping[str, str]) -> str | None:
 
 
 def _is_loopback(host: str | None) -> bool:
-    return host is not None and (host in _LOOPBACK_HOSTS or host.startswith("127."))
+    if host is None:
+        return False
+    if host.rstrip(".").lower() == "localhost":
+        return True
+    try:
+        # An IP literal, not a name: "127.example.com" is a DNS name like any other.
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_header_value(value: str, what: str, variable: str) -> None:
+    if not value.isascii() or _BAD_HEADER_VALUE.search(value):
+        # Never quote the value itself: it may be the key.
+        raise ConfigurationError(
+            f"the {what} (argument or {variable}) contains whitespace at its ends, control "
+            "characters or non-ASCII characters; a trailing newline from a file is typical"
+        )
 
 
 def resolve_config(
@@ -66,11 +88,13 @@ def resolve_config(
         raise ConfigurationError(
             "no API key: pass api_key=... or set the SGP_API_KEY environment variable"
         )
+    _check_header_value(key, "API key", "SGP_API_KEY")
     account = account_id or _env("SGP_ACCOUNT_ID", env)
     if not account:
         raise ConfigurationError(
             "no account id: pass account_id=... or set the SGP_ACCOUNT_ID environment variable"
         )
+    _check_header_value(account, "account id", "SGP_ACCOUNT_ID")
     if base_url and environment:
         raise ConfigurationError("pass either base_url or environment, not both")
     if environment is not None:

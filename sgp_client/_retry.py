@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import time
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Final
 
@@ -46,6 +47,8 @@ def parse_retry_after(value: str | None, *, cap: float, now: float | None = None
             when = parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
             return None
+        if when.tzinfo is None:  # "-0000" parses naive; HTTP dates are always UTC
+            when = when.replace(tzinfo=UTC)
         seconds = when.timestamp() - (time.time() if now is None else now)
     if seconds != seconds:  # NaN
         return None
@@ -54,7 +57,9 @@ def parse_retry_after(value: str | None, *, cap: float, now: float | None = None
 
 @attrs.frozen(kw_only=True)
 class Backoff:
-    """Exponential backoff with full jitter: attempt n waits up to ``initial * 2**n``."""
+    """Exponential backoff with jitter: attempt n waits between half and all of
+    ``min(initial * 2**n, maximum)``, or what the server asked for (``Retry-After``).
+    """
 
     initial: float = 0.25
     maximum: float = 8.0

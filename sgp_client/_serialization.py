@@ -125,7 +125,7 @@ def loads(data: bytes | str) -> Any:
 Snapshot = tuple[bytes | None, bytes | None, bytes | None, bytes | None]
 
 
-def _kept(encoded: bytes) -> bytes:
+def kept(encoded: bytes) -> bytes:
     # orjson returns bytes in an oversized buffer that is shrunk in place; keeping thousands
     # of them alive makes the allocator crawl (measured: 1.9 us per dumps kept, 0.16 us with
     # this copy). A two-part join returns a fresh, exactly sized copy.
@@ -145,10 +145,10 @@ def snapshot_containers(item: SpanItem) -> Snapshot | None:
         return None
     try:
         return (
-            None if inp is None else _kept(orjson.dumps(inp, option=_DUMPS_OPTIONS)),
-            None if out is None else _kept(orjson.dumps(out, option=_DUMPS_OPTIONS)),
-            None if meta is None else _kept(orjson.dumps(meta, option=_DUMPS_OPTIONS)),
-            None if exp is None else _kept(orjson.dumps(exp, option=_DUMPS_OPTIONS)),
+            None if inp is None else kept(orjson.dumps(inp, option=_DUMPS_OPTIONS)),
+            None if out is None else kept(orjson.dumps(out, option=_DUMPS_OPTIONS)),
+            None if meta is None else kept(orjson.dumps(meta, option=_DUMPS_OPTIONS)),
+            None if exp is None else kept(orjson.dumps(exp, option=_DUMPS_OPTIONS)),
         )
     except (TypeError, ValueError) as exc:
         raise _encoding_error(item_to_dict(item), exc) from None
@@ -173,12 +173,3 @@ def snapshot_to_dict(item: SpanItem, snapshot: Snapshot | None) -> dict[str, Any
 def encode_snapshot(item: SpanItem, snapshot: Snapshot | None) -> bytes:
     """Encode one snapshotted item (see ``snapshot_containers``)."""
     return orjson.dumps(snapshot_to_dict(item, snapshot), option=_DUMPS_OPTIONS)
-
-
-def encode_batch_body(items: list[dict[str, Any]]) -> bytes:
-    """The ``{"items": [...]}`` body of a batch request, in one encoding pass.
-
-    One big buffer per request rather than one bytes object per item: cheaper to build,
-    and nothing per item is kept alive.
-    """
-    return orjson.dumps({"items": items}, option=_DUMPS_OPTIONS)

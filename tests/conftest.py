@@ -1,0 +1,73 @@
+"""Shared fixtures: the local SGP server in-process and in a subprocess, and clients of it.
+
+- ``app`` / ``control``: a fresh in-process server app (``create_app``) and its control
+  object (faults, stats, store).
+- ``client``: an ``AsyncSGPClient`` talking to ``app`` through ``asgi_transport``, with a
+  fast backoff so retry tests stay quick.
+- ``server_process`` (session) / ``server`` (per test, reset first): the same server over
+  loopback HTTP in a child process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from starlette.applications import Starlette
+
+from sgp_client import AsyncSGPClient, Backoff
+from sgp_client.testing import (
+    DEFAULT_ACCOUNT_ID,
+    DEFAULT_API_KEY,
+    ServerControl,
+    ServerProcess,
+    asgi_transport,
+    create_app,
+    get_control,
+)
+
+#: Base URL of the in-process app (loopback, so plain http is allowed; nothing listens there).
+IN_PROCESS_BASE_URL = "http://127.0.0.1/public"
+#: Short waits between retries: tests exercise the retry logic, not its default pacing.
+FAST_BACKOFF = Backoff(initial=0.001, maximum=0.01)
+
+
+@pytest.fixture
+def app() -> Starlette:
+    """A fresh in-process server with an in-memory store and the default key/account."""
+    return create_app()
+
+
+@pytest.fixture
+def control(app: Starlette) -> ServerControl:
+    """Faults, counters and store of ``app``."""
+    return get_control(app)
+
+
+@pytest.fixture
+async def client(app: Starlette) -> AsyncIterator[AsyncSGPClient]:
+    """A client of ``app`` (in-process), closed after the test."""
+    async with AsyncSGPClient(
+        api_key=DEFAULT_API_KEY,
+        account_id=DEFAULT_ACCOUNT_ID,
+        base_url=IN_PROCESS_BASE_URL,
+        transport=asgi_transport(app),
+        backoff=FAST_BACKOFF,
+    ) as sgp:
+        yield sgp
+
+
+@pytest.fixture(scope="session")
+def server_process() -> Iterator[ServerProcess]:
+    """One server subprocess on 127.0.0.1 for the whole session (prefer ``server``)."""
+    with ServerProcess() as process:
+        yield process
+
+
+@pytest.fixture
+def server(server_process: ServerProcess) -> ServerProcess:
+    """The session's server subprocess, with spans, counters and faults reset for this test."""
+    if not server_process.running:  # a test killed it: bring it back for the next ones
+        server_process.start()
+    server_process.reset()
+    return server_process
