@@ -41,12 +41,14 @@ from ._models import (
     new_span_id,
 )
 from ._queue import DroppedSpan, DropReason, QueueStats, UpsertQueue
+from ._redact import REDACTED, Redactor, redact_credentials
 from ._retry import Backoff
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "ENVIRONMENTS",
     "MAX_BATCH_ITEMS",
+    "REDACTED",
     "SPAN_STATUSES",
     "SPAN_TYPES",
     "APIConnectionError",
@@ -71,6 +73,7 @@ __all__ = [
     "QueueNotRunningError",
     "QueueStats",
     "RateLimitError",
+    "Redactor",
     "RequestTooLargeError",
     "SGPError",
     "Span",
@@ -81,4 +84,5 @@ __all__ = [
     "UnprocessableEntityError",
     "UpsertQueue",
     "new_span_id",
+    "redact_credentials",
 ]

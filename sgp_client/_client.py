@@ -28,6 +28,7 @@ from ._exceptions import (
     status_error_class,
 )
 from ._models import Span, SpanItem
+from ._redact import Redactor, redact_credentials
 from ._retry import Backoff, is_transient, parse_retry_after
 from ._serialization import dumps, encode_item, encode_items_body, loads, structure
 
@@ -54,7 +55,9 @@ class AsyncSGPClient:
     ``transport=`` takes any httpx async transport (``httpx.ASGITransport`` for in-process
     tests); ``http_client=`` an ``httpx.AsyncClient`` you own (it is not closed for you).
     ``max_retries`` applies to direct calls; ``call_timeout`` bounds a whole call, retries
-    included.
+    included. ``redact`` is applied to every span's name, input, output, metadata and
+    expected before they leave the process (the default masks credential-shaped values;
+    ``None`` turns it off).
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class AsyncSGPClient:
         http_client: httpx.AsyncClient | None = None,
         max_connections: int = 64,
         allow_insecure_http: bool = False,
+        redact: Redactor | None = redact_credentials,
     ) -> None:
         if transport is not None and http_client is not None:
             raise ValueError("pass either transport= or http_client=, not both")
@@ -88,6 +92,8 @@ class AsyncSGPClient:
         )
         self.max_retries = max_retries
         self.call_timeout = call_timeout
+        #: Applied to span content before it is sent (see ``sgp_client.redact_credentials``).
+        self.redact = redact
         self.backoff = backoff or Backoff()
         self._headers = {
             "x-api-key": self._config.api_key,
@@ -358,7 +364,7 @@ class SpansResource:
         return await self._send_batch("POST", items)
 
     async def _send_batch(self, method: str, items: Iterable[SpanItem]) -> list[Span]:
-        body = _batch_body(items)
+        body = _batch_body(items, self._client.redact)
         answer = await self._client.request(method, _BATCH_PATH, content=body)
         if not isinstance(answer, dict):
             answer = {}
@@ -368,7 +374,8 @@ class SpansResource:
         """Create one span (``POST /v5/spans``)."""
         if not isinstance(item, SpanItem):
             raise TypeError(f"item is a {type(item).__name__}, expected SpanItem")
-        answer = await self._client.request("POST", "/v5/spans", content=encode_item(item))
+        content = encode_item(item, self._client.redact)
+        answer = await self._client.request("POST", "/v5/spans", content=content)
         return self._client._structure(answer, Span, "POST", "/v5/spans")
 
     async def get(self, span_id: str) -> Span:
@@ -478,7 +485,7 @@ class _SearchPages:
             self._params = {**self._params, "starting_after": cursor}
 
 
-def _batch_body(items: Iterable[SpanItem]) -> bytes:
+def _batch_body(items: Iterable[SpanItem], redact: Redactor | None) -> bytes:
     items = list(items)
     if len(items) > MAX_BATCH_ITEMS:
         raise ValueError(
@@ -488,4 +495,4 @@ def _batch_body(items: Iterable[SpanItem]) -> bytes:
     for index, item in enumerate(items):
         if not isinstance(item, SpanItem):
             raise TypeError(f"items[{index}] is a {type(item).__name__}, expected SpanItem")
-    return encode_items_body([encode_item(item) for item in items])
+    return encode_items_body([encode_item(item, redact) for item in items])

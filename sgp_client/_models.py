@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timezone
 from itertools import count
 from typing import Any, Final, Literal, TypeAlias, get_args
 
@@ -143,16 +143,43 @@ def _as_utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+def _plain_datetime(field: str, value: datetime) -> datetime:
+    """``value`` as a plain ``datetime`` with a ``timezone`` offset (or naive).
+
+    orjson encodes only that safely: a datetime subclass fails to encode, and a foreign tzinfo
+    whose ``utcoffset()`` raises crashes the interpreter inside orjson (seen with 3.13). Python
+    checks the offset's type and range in ``utcoffset()``.
+    """
+    tz = value.tzinfo
+    if type(value) is datetime and (tz is None or type(tz) is timezone):
+        return value
+    try:
+        offset = value.utcoffset()
+    except Exception as exc:
+        raise InvalidSpanError(field, f"has a tzinfo whose utcoffset() fails: {exc!r}") from None
+    return datetime(
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+        tzinfo=None if offset is None else timezone(offset),
+        fold=value.fold,
+    )
+
+
 def validate_span_item(item: SpanItem) -> None:
     """Raise ``InvalidSpanError`` for anything the server would reject in this item.
 
-    ``SpanItem`` runs this itself when constructed; it is public for items built by other
-    means (``attrs.evolve`` goes through the constructor too).
+    ``SpanItem`` runs this itself when constructed (and also normalizes its datetimes); it
+    is public for checking items built by other means.
     """
-    _validate_thoroughly(item)
+    _validate_thoroughly(item, normalize=False)
 
 
-def _validate_thoroughly(item: SpanItem) -> None:
+def _validate_thoroughly(item: SpanItem, *, normalize: bool = True) -> None:
     _check_id("id", item.id, required=True)
     _check_id("trace_id", item.trace_id, required=True)
     _check_id("parent_id", item.parent_id, required=False)
@@ -163,9 +190,15 @@ def _validate_thoroughly(item: SpanItem) -> None:
     start, end = item.start_timestamp, item.end_timestamp
     if not isinstance(start, datetime):
         raise InvalidSpanError("start_timestamp", f"must be a datetime, got {type(start).__name__}")
+    start = _plain_datetime("start_timestamp", start)
+    if normalize:
+        item.__dict__["start_timestamp"] = start  # still inside the constructor
     if end is not None:
         if not isinstance(end, datetime):
             raise InvalidSpanError("end_timestamp", f"must be a datetime, got {type(end).__name__}")
+        end = _plain_datetime("end_timestamp", end)
+        if normalize:
+            item.__dict__["end_timestamp"] = end
         if (start.tzinfo is None) is (end.tzinfo is None):
             before = end < start
         else:
@@ -302,12 +335,12 @@ class SpanItem:
                 and _type(name) is str
                 and name.isascii()
                 and _type(start_timestamp) is datetime
-                and start_timestamp.tzinfo is not None
+                and _type(start_timestamp.tzinfo) is timezone
                 and (
                     end_timestamp is None
                     or (
                         _type(end_timestamp) is datetime
-                        and end_timestamp.tzinfo is not None
+                        and _type(end_timestamp.tzinfo) is timezone
                         and end_timestamp >= start_timestamp
                     )
                 )

@@ -21,11 +21,11 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType, TracebackType
-from typing import Final, Self
+from typing import Any, Final, Self
 
 import anyio
 import attrs
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 
 from ._client import MAX_BATCH_ITEMS, AsyncSGPClient
 from ._exceptions import APIStatusError, InvalidSpanError, QueueNotRunningError, SGPError
@@ -33,12 +33,12 @@ from ._models import SpanItem
 from ._retry import Backoff, is_transient
 from ._serialization import (
     Snapshot,
-    encode_batch_body,
+    encode_items_body,
     encode_snapshot,
     loads,
     snapshot_containers,
-    snapshot_to_dict,
 )
+from ._serialization import kept as _kept
 
 __all__ = ["DropReason", "DroppedSpan", "QueueStats", "UpsertQueue"]
 
@@ -50,6 +50,8 @@ _BATCH_PATH: Final = "/v5/spans/batch"
 # Estimated encoded size of an item beyond its name and snapshotted parts (ids, timestamps,
 # keys, status); used for the memory bound, never for the exact request-size limit.
 _ITEM_OVERHEAD: Final = 256
+# Room in a request body for the ``{"items":[...]}`` envelope.
+_ENVELOPE_BYTES: Final = 12
 
 
 class DropReason:
@@ -111,24 +113,14 @@ class QueueStats:
 
 
 class _Entry:
-    """One pending or in-flight write: the newest version of one key, encoded when sent."""
+    """One pending or in-flight write: the newest encoded version of one key."""
 
-    __slots__ = ("completed", "created", "item", "key", "seq", "size", "snapshot")
+    __slots__ = ("completed", "created", "data", "key", "seq")
 
-    def __init__(
-        self,
-        key: _Key,
-        item: SpanItem,
-        snapshot: Snapshot | None,
-        size: int,
-        seq: int,
-        created: float,
-    ) -> None:
+    def __init__(self, key: _Key, data: bytes, completed: bool, seq: int, created: float) -> None:
         self.key = key
-        self.item = item
-        self.snapshot = snapshot
-        self.size = size  # estimated encoded size, for the memory bound
-        self.completed = item.end_timestamp is not None
+        self.data = data
+        self.completed = completed
         self.seq = seq  # submission number of the first item merged into this entry
         self.created = created
 
@@ -204,6 +196,7 @@ class UpsertQueue:
             if not seconds >= 0 or math.isinf(seconds):
                 raise ValueError(f"{name} must be a finite number >= 0")
         self._client = client
+        self._redact = client.redact
         self.max_batch_size = max_batch_size
         self.max_batch_bytes = max_batch_bytes
         self.flush_interval = flush_interval
@@ -241,13 +234,15 @@ class UpsertQueue:
         self._running = False
         self._closing = False
         self._flush_target = 0
-        self._task_group: TaskGroup | None = None
+        self._task_group: TaskGroup | None = None  # runs the senders
+        self._outer: TaskGroup | None = None  # runs the shielded worker, in the caller's task
+        self._work_scope: anyio.CancelScope | None = None
         self._wake = anyio.Event()
         self._wake_armed = False
         self._idle = False  # the dispatcher waits with no deadline (nothing pending)
+        self._saturated = False  # the dispatcher waits for a batch to finish
         self._progress = anyio.Event()
         self._room = anyio.Event()
-        self._batch_done = anyio.Event()
         self._pid = os.getpid()
         self._warned: dict[str, float] = {}
         self._unwarned: dict[str, int] = {}
@@ -259,14 +254,34 @@ class UpsertQueue:
         if self._running or self._closing:
             raise RuntimeError("an UpsertQueue can be entered only once")
         self._pid = os.getpid()
-        task_group = anyio.create_task_group()
-        await task_group.__aenter__()
-        self._task_group = task_group
+        outer = anyio.create_task_group()
+        await outer.__aenter__()
+        self._outer = outer
         self._running = True
         _running_queues.add(self)
         self._wake = anyio.Event()
-        task_group.start_soon(self._dispatch)
+        try:
+            await outer.start(self._work)
+        except BaseException:
+            self._running = False
+            _running_queues.discard(self)
+            outer.cancel_scope.cancel()
+            await outer.__aexit__(None, None, None)
+            raise
         return self
+
+    async def _work(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The dispatcher and its senders, shielded: only ``__aexit__`` stops them.
+
+        A cancellation of the caller's scope must not kill the senders mid-drain: exit
+        still delivers what was submitted, within ``shutdown_timeout``.
+        """
+        with anyio.CancelScope(shield=True) as scope:
+            self._work_scope = scope
+            async with anyio.create_task_group() as senders:
+                self._task_group = senders
+                task_status.started()
+                await self._dispatch()
 
     async def __aexit__(
         self,
@@ -274,8 +289,9 @@ class UpsertQueue:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        task_group = self._task_group
-        assert task_group is not None
+        outer, work_scope = self._outer, self._work_scope
+        assert outer is not None
+        assert work_scope is not None
         self._running = False
         _running_queues.discard(self)
         self._closing = True
@@ -287,9 +303,9 @@ class UpsertQueue:
                 while self._intake or self._pending or self._in_flight_items:
                     await self._wait_progress()
         # Whatever is still in flight after the deadline is abandoned, not waited for.
-        task_group.cancel_scope.cancel()
+        work_scope.cancel()
         try:
-            await task_group.__aexit__(None, None, None)
+            await outer.__aexit__(None, None, None)
         finally:
             self._task_group = None
             self._drop_leftovers()
@@ -348,36 +364,63 @@ class UpsertQueue:
         self._submitted += 1
         self._pending_bytes += size
         if not self._wake_armed and (
-            len(intake) >= self.max_batch_size or self._pending_bytes >= self.max_batch_bytes
+            len(intake) >= self.max_batch_size
+            or (
+                # A saturated dispatcher cannot send more: only a full intake is news then.
+                not self._saturated
+                and (
+                    len(intake) + len(self._pending) >= self.max_batch_size
+                    or self._pending_bytes >= self.max_batch_bytes
+                )
+            )
         ):
             self._wake_armed = True
             self._wake.set()
 
     def _absorb_intake(self) -> None:
-        """Fold submitted items into the pending map, coalescing by key."""
+        """Fold submitted items into the pending map, coalescing by key, then encode.
+
+        Coalescing runs first, within the intake, so a start whose end arrived in the same
+        intake is never encoded at all: only the surviving version of each key is.
+        """
         intake = self._intake
         if not intake:
             return
         self._intake = []
         seq = self._submitted - len(intake)
-        created = self._intake_since
+        winners: dict[_Key, list[Any]] = {}  # key -> [item, snapshot, first seq]
+        coalesced = 0
         for item, snapshot, size in intake:
             seq += 1
             self._pending_bytes -= size
-            self._add(item, snapshot, size, seq, created)
+            key = (item.trace_id, item.id)
+            winner = winners.get(key)
+            if winner is None:
+                winners[key] = [item, snapshot, seq]
+                continue
+            coalesced += 1
+            if item.end_timestamp is not None or winner[0].end_timestamp is None:
+                winner[0], winner[1] = item, snapshot  # completed beats in-progress, else later
+        self._coalesced += coalesced
+        created = self._intake_since
+        for key, (item, snapshot, first_seq) in winners.items():
+            self._add(key, item, snapshot, first_seq, created)
 
     def _add(
-        self, item: SpanItem, snapshot: Snapshot | None, size: int, seq: int, created: float
+        self, key: _Key, item: SpanItem, snapshot: Snapshot | None, seq: int, created: float
     ) -> None:
-        key = (item.trace_id, item.id)
         completed = item.end_timestamp is not None
         entry = self._pending.get(key)
         if entry is not None:
             self._coalesced += 1
             if entry.completed and not completed:
                 return  # a completed version beats this in-progress one
-            self._pending_bytes += size - entry.size
-            entry.item, entry.snapshot, entry.size = item, snapshot, size
+            data = self._encode(key, item, snapshot, seq)
+            if data is None:
+                self._coalesced -= 1  # counted as dropped instead
+                return
+            self._pending_bytes += len(data) - len(entry.data)
+            entry.data = data
             if completed and not entry.completed:
                 entry.completed = True
                 del self._pending_starts[key]
@@ -386,10 +429,26 @@ class UpsertQueue:
             # The completed write of this span is on its way: an older start adds nothing.
             self._coalesced += 1
             return
-        self._pending[key] = _Entry(key, item, snapshot, size, seq, created)
-        self._pending_bytes += size
+        data = self._encode(key, item, snapshot, seq)
+        if data is None:
+            return
+        self._pending[key] = _Entry(key, data, completed, seq, created)
+        self._pending_bytes += len(data)
         if not completed:
             self._pending_starts[key] = None
+
+    def _encode(
+        self, key: _Key, item: SpanItem, snapshot: Snapshot | None, seq: int
+    ) -> bytes | None:
+        try:
+            return _kept(encode_snapshot(item, snapshot, self._redact))
+        except Exception as exc:
+            # Validated at submit, so this is a bug or an exotic subclass: lose this item,
+            # counted and reported, never the dispatcher.
+            logger.exception("could not encode a span item; it is dropped")
+            shed = _Entry(key, b"{}", item.end_timestamp is not None, seq, 0.0)
+            self._drop([shed], DropReason.REJECTED, exc, pending=True)
+            return None
 
     def _submit_when_full(self, item: SpanItem, snapshot: Snapshot | None, size: int) -> None:
         """The slow path of ``submit`` once memory is full: coalesce, then shed."""
@@ -399,13 +458,17 @@ class UpsertQueue:
         key = (item.trace_id, item.id)
         completed = item.end_timestamp is not None
         if key in self._pending or (not completed and self._in_flight.get(key)):
-            self._add(item, snapshot, size, seq, time.monotonic())  # merges, no growth
+            self._add(key, item, snapshot, seq, time.monotonic())  # merges, no growth
             return
         if self._make_room(completed, size):
-            self._add(item, snapshot, size, seq, time.monotonic())
+            self._add(key, item, snapshot, seq, time.monotonic())
             return
         reason = DropReason.QUEUE_FULL if completed else DropReason.SHED_START
-        self._drop([_Entry(key, item, snapshot, size, seq, 0.0)], reason, None, pending=False)
+        try:
+            payload = encode_snapshot(item, snapshot, self._redact)
+        except Exception:  # pragma: no cover - see _encode
+            payload = b"{}"
+        self._drop([_Entry(key, payload, completed, seq, 0.0)], reason, None, pending=False)
 
     async def put(self, item: SpanItem) -> None:
         """Like ``submit``, but wait for room instead of shedding when memory is full."""
@@ -442,7 +505,7 @@ class UpsertQueue:
             key = next(iter(self._pending_starts))
             del self._pending_starts[key]
             victim = self._pending.pop(key)
-            self._pending_bytes -= victim.size
+            self._pending_bytes -= len(victim.data)
             self._drop([victim], DropReason.SHED_START, None, pending=True)
         return len(self._pending) < self.max_pending and (
             self._pending_bytes + size <= self.max_pending_bytes or not self._pending
@@ -491,32 +554,31 @@ class UpsertQueue:
 
     async def _dispatch(self) -> None:
         while True:
+            # Folding the intake in also while every slot is busy (an outage) keeps merging
+            # starts with their ends, so memory holds one write per span, not two.
             self._absorb_intake()
             if len(self._batch_seqs) >= self.max_in_flight:
-                await self._wait_batch_done()
+                await self._wait_wake(math.inf, saturated=True)  # a finished batch wakes us
                 continue
             batch, due = self._take_batch_if_due()
             if batch:
                 self._start_batch(batch)
             elif due:
                 # Everything pending waits on a key in flight: a finished batch unblocks it.
-                await self._wait_batch_done()
+                await self._wait_wake(math.inf, saturated=True)
             else:
-                await self._wait_wake(self._time_until_due())
+                await self._wait_wake(self._time_until_due(), saturated=False)
 
-    async def _wait_batch_done(self) -> None:
-        if self._batch_done.is_set():
-            self._batch_done = anyio.Event()
-        await self._batch_done.wait()
-
-    async def _wait_wake(self, delay: float) -> None:
+    async def _wait_wake(self, delay: float, *, saturated: bool) -> None:
         self._wake_armed = False
-        self._idle = delay == math.inf
+        self._saturated = saturated
+        # Idle: nothing pending, so the first submitted item must start the interval clock.
+        self._idle = not saturated and delay == math.inf
         if self._wake.is_set():
             self._wake = anyio.Event()
         with anyio.move_on_after(delay):
             await self._wake.wait()
-        self._idle = False
+        self._idle = self._saturated = False
 
     def _time_until_due(self) -> float:
         if not self._pending:
@@ -539,16 +601,16 @@ class UpsertQueue:
         if not due:
             return [], False
         batch: list[_Entry] = []
-        size = 0
+        size = _ENVELOPE_BYTES
         in_flight = self._in_flight
         for key, entry in self._pending.items():
             if key in in_flight:
                 continue  # one write per key in flight: this newer version waits
-            # Estimated sizes here; _deliver halves a batch whose real body is too big.
-            if batch and size + entry.size > self.max_batch_bytes:
+            entry_size = len(entry.data) + 1  # and its comma
+            if batch and size + entry_size > self.max_batch_bytes:
                 break
             batch.append(entry)
-            size += entry.size
+            size += entry_size
             if len(batch) >= self.max_batch_size:
                 break
         pending, starts = self._pending, self._pending_starts
@@ -557,7 +619,7 @@ class UpsertQueue:
             if not entry.completed:
                 del starts[entry.key]
             in_flight[entry.key] = entry.completed
-            self._pending_bytes -= entry.size
+            self._pending_bytes -= len(entry.data)
         self._in_flight_items += len(batch)
         if batch:
             self._room.set()
@@ -581,16 +643,12 @@ class UpsertQueue:
                 self._settle(unsettled, DropReason.ERROR, exc)
         finally:
             del self._batch_seqs[batch_id]
-            self._batch_done.set()
             self._wake.set()
             self._set_progress()
 
     async def _deliver(self, batch: list[_Entry], deadline: float) -> None:
         """Send a batch until every entry in it is delivered or dropped."""
-        body = encode_batch_body([snapshot_to_dict(e.item, e.snapshot) for e in batch])
-        if len(body) > self.max_batch_bytes and len(batch) > 1:
-            await self._deliver_halves(batch, deadline)
-            return
+        body = encode_items_body([entry.data for entry in batch])
         attempt = 0
         while True:
             self._requests += 1
@@ -663,7 +721,7 @@ class UpsertQueue:
                     trace_id=entry.key[0],
                     span_id=entry.key[1],
                     completed=entry.completed,
-                    payload=encode_snapshot(entry.item, entry.snapshot),
+                    payload=entry.data,
                 )
                 for entry in entries
             ]

@@ -68,7 +68,9 @@ class Backoff:
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to sleep before retry number ``attempt`` (0-based)."""
-        if retry_after is not None:
+        # A zero (or already past) Retry-After would turn off backoff and let a fleet retry in
+        # a storm: like the official SDK, only a positive wait is taken as the server's word.
+        if retry_after is not None and retry_after > 0:
             # The server knows best, but a little jitter keeps a fleet from waking in step.
             return min(retry_after, self.max_retry_after) + random.uniform(0, 0.05)  # noqa: S311
         ceiling = min(self.initial * (2 ** min(attempt, 30)), self.maximum)

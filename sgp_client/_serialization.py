@@ -6,6 +6,7 @@ Items are encoded with orjson straight from their attributes (the hot path: once
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
@@ -15,6 +16,12 @@ from cattrs.preconf.orjson import make_converter
 
 from ._exceptions import InvalidSpanError
 from ._models import SpanItem
+from ._redact import Redactor
+
+logger = logging.getLogger("sgp_client")
+
+#: What a field becomes when the redact hook raises on it (valid JSON, visibly masked).
+REDACTOR_FAILED: Final = b'"[REDACTED:redactor error]"'
 
 __all__ = ["encode_item", "encode_items_body", "structure", "unstructure"]
 
@@ -88,13 +95,12 @@ def item_to_dict(item: SpanItem) -> dict[str, Any]:
     return {name: getattr(item, name) for name in _FIELD_NAMES}
 
 
-def encode_item(item: SpanItem) -> bytes:
-    """Encode one item to JSON; ``InvalidSpanError`` names the field that cannot be encoded."""
-    data = item_to_dict(item)
-    try:
-        return orjson.dumps(data, option=_DUMPS_OPTIONS)
-    except (TypeError, ValueError) as exc:
-        raise _encoding_error(data, exc) from None
+def encode_item(item: SpanItem, redact: Redactor | None = None) -> bytes:
+    """Encode one item to JSON, redacting its content fields if ``redact`` is given.
+
+    ``InvalidSpanError`` names the field that cannot be encoded.
+    """
+    return encode_snapshot(item, snapshot_containers(item), redact)
 
 
 def _encoding_error(data: dict[str, Any], exc: Exception) -> InvalidSpanError:
@@ -154,11 +160,20 @@ def snapshot_containers(item: SpanItem) -> Snapshot | None:
         raise _encoding_error(item_to_dict(item), exc) from None
 
 
-def snapshot_to_dict(item: SpanItem, snapshot: Snapshot | None) -> dict[str, Any]:
-    """The item's JSON object, its mutable parts taken from the snapshot (pre-encoded)."""
+def snapshot_to_dict(
+    item: SpanItem, snapshot: Snapshot | None, redact: Redactor | None = None
+) -> dict[str, Any]:
+    """The item's JSON object, its mutable parts taken from the snapshot (pre-encoded).
+
+    ``redact`` sees the JSON of the name and of each content field, never the ids.
+    """
     data = item_to_dict(item)
     if snapshot is not None:
         inp, out, meta, exp = snapshot
+        if redact is not None:
+            inp, out, meta, exp = (
+                None if part is None else _redacted(redact, part) for part in snapshot
+            )
         if inp is not None:
             data["input"] = orjson.Fragment(inp)
         if out is not None:
@@ -167,9 +182,30 @@ def snapshot_to_dict(item: SpanItem, snapshot: Snapshot | None) -> dict[str, Any
             data["metadata"] = orjson.Fragment(meta)
         if exp is not None:
             data["expected"] = orjson.Fragment(exp)
+    if redact is not None:
+        name = orjson.dumps(item.name)
+        redacted = _redacted(redact, name)
+        if redacted is not name:
+            data["name"] = orjson.Fragment(redacted)
     return data
 
 
-def encode_snapshot(item: SpanItem, snapshot: Snapshot | None) -> bytes:
+def _redacted(redact: Redactor, encoded: bytes) -> bytes:
+    # A failing hook fails closed: the field is masked, never sent unredacted, and the
+    # dispatcher never dies of it.
+    try:
+        return redact(encoded)
+    except Exception:
+        logger.exception("the redact hook failed; the field is sent masked")
+        return REDACTOR_FAILED
+
+
+def encode_snapshot(
+    item: SpanItem, snapshot: Snapshot | None, redact: Redactor | None = None
+) -> bytes:
     """Encode one snapshotted item (see ``snapshot_containers``)."""
-    return orjson.dumps(snapshot_to_dict(item, snapshot), option=_DUMPS_OPTIONS)
+    data = snapshot_to_dict(item, snapshot, redact)
+    try:
+        return orjson.dumps(data, option=_DUMPS_OPTIONS)
+    except (TypeError, ValueError) as exc:
+        raise _encoding_error(item_to_dict(item), exc) from None

@@ -13,8 +13,9 @@ The usual event takes the fast path: a few type checks on locals and a trusted `
 from __future__ import annotations
 
 import logging
+import reprlib
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timezone
 from typing import Any, Final, Protocol, runtime_checkable
 
 import attrs
@@ -188,7 +189,7 @@ class SGPTracingProcessor:
                 and len(name) <= _MAX_NAME_CHARS
                 and name.isascii()
                 and type(start) is datetime
-                and start.tzinfo is not None
+                and type(start.tzinfo) is timezone
                 and (kind is None or kind in SPAN_TYPES)
                 and (inp is None or type(inp) is dict)
                 and (out is None or type(out) is dict)
@@ -256,9 +257,9 @@ class SGPTracingProcessor:
                 and len(name) <= _MAX_NAME_CHARS
                 and name.isascii()
                 and type(start) is datetime
-                and start.tzinfo is not None
+                and type(start.tzinfo) is timezone
                 and type(end) is datetime
-                and end.tzinfo is not None
+                and type(end.tzinfo) is timezone
                 and end >= start
                 and (status is None or status in SPAN_STATUSES)
                 and (kind is None or kind in SPAN_TYPES)
@@ -440,7 +441,32 @@ class SGPTracingProcessor:
 
     def _drop(self, reason: str, message: str, *args: object) -> None:
         _count(self._dropped, reason)
-        self._log.warning(reason, message, *args)
+        self._log.warning(reason, message, *(_Short(arg) for arg in args))
+
+
+def _short_repr() -> reprlib.Repr:
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = short.maxlong = 200
+    return short
+
+
+_SHORT_REPR: Final = _short_repr()
+
+
+class _Short:
+    """A log argument cut to a readable length: a hostile 10 MB id must not become a log line."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: object) -> None:
+        self._value = value
+
+    def __repr__(self) -> str:
+        return _SHORT_REPR.repr(self._value)
+
+    def __str__(self) -> str:
+        text = str(self._value)
+        return text if len(text) <= 200 else f"{text[:200]}... ({len(text)} chars)"
 
 
 def _count(counts: dict[str, int], reason: str) -> None:

@@ -19,7 +19,7 @@ import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -173,9 +173,11 @@ class _Gate:
     Raw ASGI rather than BaseHTTPMiddleware, which would buffer bodies and cost throughput.
     """
 
-    def __init__(self, app: ASGIApp, control: ServerControl) -> None:
+    def __init__(self, app: ASGIApp, control: ServerControl, api: _Api) -> None:
         self.app = app
         self.control = control
+        self.api = api
+        self._batch_path = f"{control.prefix}/v5/spans/batch"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -263,6 +265,11 @@ class _Gate:
             await _send_json(send, 403, {"detail": "API key has no access to this account"})
             return
         scope[_ACCOUNT_SCOPE_KEY] = account
+        method = scope["method"]
+        if scope["path"] == self._batch_path and method in ("PUT", "POST"):
+            # The hot endpoint, served as raw ASGI: no routing, Request or Response objects.
+            await self.api.raw_batch(scope, receive, send, replace=method == "PUT")
+            return
         await self.app(scope, receive, send)
 
     @staticmethod
@@ -292,9 +299,20 @@ def _json_response(payload: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
-def _list_response(spans: list[bytes]) -> Response:
-    body = b'{"items":[' + b",".join(spans) + b'],"object":"list"}'
-    return Response(body, media_type="application/json")
+def _list_body(spans: list[bytes]) -> bytes:
+    """``{"items": [...], "object": "list"}`` around already-encoded spans, copying them once."""
+    if not spans:
+        return b'{"items":[],"object":"list"}'
+    parts = list(spans)
+    parts[0] = b'{"items":[' + parts[0]
+    parts[-1] = parts[-1] + b'],"object":"list"}'
+    return b",".join(parts)
+
+
+def _batch_items(payload: Any) -> Any:
+    if type(payload) is not dict or "items" not in payload:
+        raise ApiError(422, "body: must be an object with an 'items' list")
+    return payload["items"]
 
 
 class _Api:
@@ -303,28 +321,42 @@ class _Api:
     def __init__(self, control: ServerControl) -> None:
         self.control = control
 
-    async def _body(self, request: Request) -> bytes:
-        limit = self.control.faults.max_body_bytes
-        counters = self.control.counters
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The whole request body (413 above the `max_body_bytes` fault); raises
+        `ClientDisconnect` if the client goes away first."""
+        control = self.control
+        limit = control.faults.max_body_bytes
+        counters = control.counters
         if limit is not None:
-            declared = request.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > limit:
-                counters.count_fault("413")
-                raise ApiError(413, f"Request body larger than {limit} bytes")
+            for header, value in scope["headers"]:
+                if header == b"content-length" and value.isdigit() and int(value) > limit:
+                    counters.count_fault("413")
+                    raise ApiError(413, f"Request body larger than {limit} bytes")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if limit is not None and size > limit:
-                counters.count_fault("413")
-                raise ApiError(413, f"Request body larger than {limit} bytes")
-            chunks.append(chunk)
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise ClientDisconnect
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    counters.count_fault("413")
+                    raise ApiError(413, f"Request body larger than {limit} bytes")
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
         counters.bytes_received += size
-        return b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _write(self, request: Request, items: Any, dirty: bool, *, replace: bool) -> list[bytes]:
+    async def _body(self, request: Request) -> bytes:
+        return await self._read_body(request.scope, request.receive)
+
+    def _store_items(
+        self, account_id: str, items: Any, dirty: bool, *, replace: bool
+    ) -> list[bytes]:
         control = self.control
-        account_id: str = request.scope[_ACCOUNT_SCOPE_KEY]
         if type(items) is list:
             control.counters.items_received += len(items)
         rows = prepare_items(
@@ -336,20 +368,28 @@ class _Api:
         )
         return control.store.write(rows, replace=replace)
 
-    async def _batch(self, request: Request, *, replace: bool) -> Response:
+    def _write(self, request: Request, items: Any, dirty: bool, *, replace: bool) -> list[bytes]:
+        account_id: str = request.scope[_ACCOUNT_SCOPE_KEY]
+        return self._store_items(account_id, items, dirty, replace=replace)
+
+    async def raw_batch(self, scope: Scope, receive: Receive, send: Send, *, replace: bool) -> None:
+        """``PUT`` (upsert) or ``POST`` (insert, keeping stored spans) ``/v5/spans/batch``."""
         if replace:
             self.control.counters.upsert_requests += 1
-        payload, dirty = parse_json(await self._body(request))
-        if type(payload) is not dict or "items" not in payload:
-            raise ApiError(422, "body: must be an object with an 'items' list")
-        return _list_response(self._write(request, payload["items"], dirty, replace=replace))
-
-    async def upsert_batch(self, request: Request) -> Response:
-        return await self._batch(request, replace=True)
-
-    async def create_batch(self, request: Request) -> Response:
-        # Insert without replacing: a key already stored keeps its stored span (echoed back).
-        return await self._batch(request, replace=False)
+        try:
+            payload, dirty = parse_json(await self._read_body(scope, receive))
+            account_id: str = scope[_ACCOUNT_SCOPE_KEY]
+            body = _list_body(
+                self._store_items(account_id, _batch_items(payload), dirty, replace=replace)
+            )
+        except ApiError as exc:
+            await _send_json(send, exc.status, {"detail": exc.detail}, exc.headers)
+            return
+        except ClientDisconnect:
+            return
+        headers = [(b"content-type", _JSON), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     async def create(self, request: Request) -> Response:
         payload, dirty = parse_json(await self._body(request))
@@ -550,8 +590,6 @@ def create_app(
     api = _Api(control)
     admin = _Admin(control)
     routes = [
-        Route(f"{prefix}/v5/spans/batch", api.upsert_batch, methods=["PUT"]),
-        Route(f"{prefix}/v5/spans/batch", api.create_batch, methods=["POST"]),
         Route(f"{prefix}/v5/spans/search", api.search, methods=["POST"]),
         Route(f"{prefix}/v5/spans", api.create, methods=["POST"]),
         Route(f"{prefix}/v5/spans/{{span_id:path}}", api.get, methods=["GET"]),
@@ -564,7 +602,7 @@ def create_app(
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(_Gate, control=control)],
+        middleware=[Middleware(_Gate, control=control, api=api)],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
     )
     app.state.sgp = control

@@ -43,9 +43,11 @@ CREATE TABLE IF NOT EXISTS spans (
     data BLOB NOT NULL
 );
 """
+# No seq: SQLite gives a new row max(seq) + 1, which `write` predicts (and checks) since this
+# connection is the only writer. Letting SQLite append is cheaper than binding the rowid.
 _INSERT = (
-    "INSERT INTO spans (seq, account_id, trace_id, id, day, start_us, end_us, data) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO spans (account_id, trace_id, id, day, start_us, end_us, data) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE = "UPDATE spans SET start_us = ?, end_us = ?, data = ? WHERE seq = ?"
 
@@ -161,33 +163,46 @@ class SpanStore:
         `replace=True` is the upsert (completed beats in-progress, else the new row wins);
         `replace=False` inserts only keys not stored yet and keeps what is there.
         """
+        if rows and self._all_new(rows):
+            return [row[6] for row in rows]
         out = [row[6] for row in rows]
-        inserts: list[tuple[int, str, str, str, int, int, int | None, bytes]] = []
+        inserts: list[Row] = []
         updates: list[tuple[int, int | None, bytes, int]] = []
         kept: dict[int, int] = {}  # seq -> position in `out` whose stored span is echoed
-        index = self._index
+        first_seq = self._seq + 1
         try:
+            ids: dict[str, _Entry | list[_Entry]] | None = None
+            ids_account = None
             for pos, row in enumerate(rows):
                 account_id, trace_id, span_id, day, start_us, end_us, data = row
-                ids = index.get(account_id)
-                found = None if ids is None else ids.get(span_id)
+                if account_id != ids_account:
+                    ids = self._index.get(account_id)
+                    if ids is None:
+                        ids = self._index[account_id] = {}
+                    ids_account = account_id
+                assert ids is not None
+                found = ids.get(span_id)
+                if found is None:  # the usual case: a new span
+                    self._seq += 1
+                    ids[span_id] = (trace_id, day, self._seq if end_us is not None else -self._seq)
+                    inserts.append(row)
+                    continue
                 seq = 0
-                if found is not None:
-                    if isinstance(found, tuple):
-                        if found[0] == trace_id and found[1] == day:
-                            seq = found[2]
-                    else:
-                        for entry in found:
-                            if entry[0] == trace_id and entry[1] == day:
-                                seq = entry[2]
-                                break
+                if isinstance(found, tuple):
+                    if found[0] == trace_id and found[1] == day:
+                        seq = found[2]
+                else:
+                    for entry in found:
+                        if entry[0] == trace_id and entry[1] == day:
+                            seq = entry[2]
+                            break
                 if not seq:
                     self._seq += 1
                     seq = self._seq
                     self._add(
                         account_id, span_id, (trace_id, day, seq if end_us is not None else -seq)
                     )
-                    inserts.append((seq, *row))
+                    inserts.append(row)
                 elif replace and (end_us is not None or seq < 0):
                     updates.append((start_us, end_us, data, abs(seq)))
                     if seq < 0 and end_us is not None:
@@ -197,7 +212,11 @@ class SpanStore:
             db = self._db
             db.execute("BEGIN")
             try:
-                db.executemany(_INSERT, inserts)
+                if inserts:
+                    db.executemany(_INSERT, inserts)
+                    last = db.execute("SELECT max(seq) FROM spans").fetchone()[0]
+                    if last != first_seq + len(inserts) - 1:
+                        raise RuntimeError("spans table changed outside this store")  # noqa: TRY301
                 if updates:
                     db.executemany(_UPDATE, updates)
                 for seq, data in self._fetch(list(kept)):
@@ -210,6 +229,39 @@ class SpanStore:
             self._load_index()  # the index must never disagree with the table
             raise
         return out
+
+    def _all_new(self, rows: Sequence[Row]) -> bool:
+        """Store `rows` if none of their span ids is stored yet and all are distinct (a burst
+        of new spans, the usual case): index updates and the insert without a per-row loop.
+        Returns False, having done nothing, otherwise."""
+        account_id = rows[0][0]
+        ids = self._index.get(account_id)
+        if ids is None:
+            ids = self._index[account_id] = {}
+        span_ids = [row[2] for row in rows]
+        if any(map(ids.__contains__, span_ids)) or len(set(span_ids)) != len(rows):
+            return False
+        if any(row[0] != account_id for row in rows):
+            return False
+        first = self._seq + 1
+        seqs = range(first, first + len(rows))
+        entries = [
+            (row[1], row[3], seq if row[5] is not None else -seq)
+            for row, seq in zip(rows, seqs, strict=True)
+        ]
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany(_INSERT, rows)
+            if db.execute("SELECT max(seq) FROM spans").fetchone()[0] != seqs[-1]:
+                raise RuntimeError("spans table changed outside this store")  # noqa: TRY301
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        ids.update(zip(span_ids, entries, strict=True))
+        self._seq = seqs[-1]
+        return True
 
     def _replace_entry(self, account_id: str, span_id: str, entry: _Entry) -> None:
         ids = self._index[account_id]
