@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import httpx
+import orjson
 import pytest
 from anyio import wait_all_tasks_blocked
 from anyio.lowlevel import checkpoint
@@ -19,6 +21,7 @@ from sgp_client.testing import (
     DEFAULT_API_KEY,
     Faults,
     ServerControl,
+    _spans,
     asgi_transport,
     create_app,
     get_control,
@@ -555,3 +558,169 @@ def test_faults_validation() -> None:
     with pytest.raises(ValueError, match="outage_mode"):
         Faults(outage_mode="boom")  # type: ignore[arg-type]
     assert Faults().merged({"hang": True}).hang is True
+
+
+# -- fast paths agree with the precise path --------------------------------------------------
+
+SDK_START = "2026-11-28T01:10:36.046063+00:00"
+SDK_END = "2026-11-28T01:10:37.046063+00:00"
+
+
+def sdk_item(span_id: Any = "a" * 32, trace_id: Any = "b" * 32, **fields: Any) -> dict[str, Any]:
+    """An item as the SDK sends it: every field, unset ones null."""
+    item: dict[str, Any] = dict.fromkeys(_spans.SDK_FIELDS)
+    item.update(
+        name="s",
+        trace_id=trace_id,
+        id=span_id,
+        start_timestamp=SDK_START,
+        end_timestamp=SDK_END,
+        status="SUCCESS",
+        input={"q": "x" * 150},
+        output={"a": "y" * 150},
+    )
+    item.update(fields)
+    return item
+
+
+def outcome(items: list[dict[str, Any]], *, precise: bool, dirty: bool = False) -> Any:
+    """What `prepare_items` makes of `items`; `precise` forces the item-by-item path (an
+    unknown key keeps the items off both fast paths and is dropped before storing)."""
+    items = copy.deepcopy(items)
+    sent = {item.get("id") for item in items if type(item) is dict}
+    if precise:
+        items = [{**item, "zz_unknown": 1} if type(item) is dict else item for item in items]
+    try:
+        rows = _spans.prepare_items(
+            items,
+            dirty=dirty,
+            account_id="acct",
+            created_by={"id": "me"},
+            traces_of=lambda _account, ids: {i: {"t-stored"} for i in ids if i == "p-stored"},
+        )
+    except _spans.ApiError as exc:
+        return ("error", exc.status, exc.detail)
+    result = []
+    for row in rows:
+        data = orjson.loads(row[6])
+        span_id = row[2] if row[2] in sent else "<generated>"  # a fresh uuid otherwise
+        data["id"] = span_id
+        result.append((row[0], row[1], span_id, *row[3:6], data))
+    return result
+
+
+TRICKY_ITEMS: list[dict[str, Any]] = [
+    sdk_item(),
+    sdk_item(end_timestamp=None, status=None, output=None),
+    sdk_item(end_timestamp=SDK_START),
+    sdk_item(end_timestamp="2026-11-28T01:10:36.046062+00:00"),
+    sdk_item(start_timestamp="2026-11-28T01:10:36", end_timestamp="2026-11-28T01:10:37"),
+    sdk_item(start_timestamp="2026-11-28T01:10:36Z", end_timestamp="2026-11-28T02:10:37+01:00"),
+    sdk_item(start_timestamp="2026-11-28T23:30:00-01:00", end_timestamp=None),
+    sdk_item(start_timestamp="not a date"),
+    sdk_item(start_timestamp=None),
+    sdk_item(end_timestamp=5),
+    sdk_item(span_id="é" * 64),
+    sdk_item(span_id="x" * 65),
+    sdk_item(span_id="é" * 129),
+    sdk_item(span_id=""),
+    sdk_item(span_id=None),
+    sdk_item(trace_id=7),
+    sdk_item(name=None),
+    sdk_item(name="n\ud800m"),
+    sdk_item(parent_id=""),
+    sdk_item(parent_id="x" * 300),
+    sdk_item(group_id=3),
+    sdk_item(group_id="g"),
+    sdk_item(status="OK"),
+    sdk_item(status=["SUCCESS"]),
+    sdk_item(status=True),
+    sdk_item(type="COMPLETION"),
+    sdk_item(type="LLM"),
+    sdk_item(type={"a": 1}),
+    sdk_item(input=[1]),
+    sdk_item(metadata="m"),
+    sdk_item(expected={"e": None}),
+    sdk_item(application_variant_id=1),
+    sdk_item(application_interaction_id="i"),
+    sdk_item(obs_trace_id="0" * 32, obs_span_id="0" * 16),
+    sdk_item(obs_trace_id="ABC"),
+    sdk_item(parent_id="p-stored", trace_id="t-stored"),
+    sdk_item(parent_id="p-stored", trace_id="t-else"),
+]
+
+
+@pytest.mark.parametrize("item", TRICKY_ITEMS)
+def test_fast_and_precise_paths_agree_on_one_item(item: dict[str, Any]) -> None:
+    assert outcome([item], precise=False) == outcome([item], precise=True)
+    quick = _spans._quick_check(copy.deepcopy(item))
+    if quick is not None:
+        assert quick == _spans._check_item(0, copy.deepcopy(item))
+    # Also as the odd one out in a batch of plain SDK items, and with nulls left out.
+    batch = [sdk_item(f"{n:032x}") for n in range(3)]
+    batch.insert(1, item)
+    assert outcome(batch, precise=False) == outcome(batch, precise=True)
+    bare = {k: v for k, v in item.items() if v is not None}
+    fast, precise = outcome([bare], precise=False), outcome([bare], precise=True)
+    assert fast == precise
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        # duplicates: completed beats in progress, else the later wins
+        [sdk_item(end_timestamp=None, status=None), sdk_item()],
+        [sdk_item(), sdk_item(end_timestamp=None, status=None, name="later")],
+        [sdk_item(name="one"), sdk_item(name="two")],
+        # same id, another UTC day: two rows
+        [sdk_item(), sdk_item(start_timestamp="2026-11-29T00:00:00+00:00", end_timestamp=None)],
+        # parent links: in the batch, cycles, another trace, deep chains
+        [sdk_item("p"), sdk_item("c", parent_id="p"), sdk_item("g", parent_id="c")],
+        [sdk_item("a", parent_id="b"), sdk_item("b", parent_id="a")],
+        [sdk_item("a", parent_id="a")],
+        [sdk_item("p", trace_id="t1"), sdk_item("c", trace_id="t2", parent_id="p")],
+        [sdk_item(f"n{k}", parent_id=f"n{k + 1}" if k < 9 else None) for k in range(10)],
+        [sdk_item(f"n{k}", parent_id=f"n{(k + 1) % 10}") for k in range(10)],
+        [sdk_item(f"n{k}", parent_id=f"n{k + 1}") for k in range(10)] + [sdk_item("r")],
+        # mixed open and completed items, one ending before it starts
+        [sdk_item("o", end_timestamp=None), sdk_item("c"), sdk_item("o2", end_timestamp=None)],
+        [sdk_item("o", end_timestamp=None), sdk_item("bad", end_timestamp="2020-01-01T00:00:00Z")],
+        [sdk_item("c"), sdk_item("bad", end_timestamp="2020-01-01T00:00:00Z")],
+        [sdk_item(), "not an object"],
+        [],
+    ],
+)
+def test_fast_and_precise_paths_agree_on_batches(items: list[dict[str, Any]]) -> None:
+    assert outcome(items, precise=False) == outcome(items, precise=True)
+
+
+def test_sdk_shape_takes_the_fast_paths() -> None:
+    items = [sdk_item(f"{n:032x}", parent_id=None if n == 0 else f"{0:032x}") for n in range(5)]
+    assert _spans._quick_batch(copy.deepcopy(items), "acct", {}, lambda _a, _i: {}) is not None
+    assert _spans._quick_check(items[0]) is not None
+    open_item = sdk_item(end_timestamp=None, status=None)
+    assert _spans._quick_batch([open_item], "acct", {}, lambda _a, _i: {}) is not None
+
+
+def test_dirty_bodies_agree_with_clean_ones() -> None:
+    items = [sdk_item(name="plain"), sdk_item("c" * 32, parent_id="a" * 32)]
+    assert outcome(items, precise=False, dirty=True) == outcome(items, precise=False)
+
+
+@pytest.mark.anyio
+async def test_new_spans_then_updates_and_inserts(
+    client: httpx.AsyncClient, control: ServerControl
+) -> None:
+    opened = [sdk_item(f"{n:032x}", end_timestamp=None, status=None) for n in range(20)]
+    r = await upsert(client, *opened)
+    assert r.status_code == 200
+    assert [i["end_timestamp"] for i in r.json()["items"]] == [None] * 20
+    closed = [sdk_item(f"{n:032x}") for n in range(10)] + [sdk_item("new" + "0" * 29)]
+    r = await upsert(client, *closed)
+    assert [i["end_timestamp"] for i in r.json()["items"]] == [SDK_END] * 11
+    assert control.store.count() == 21
+    r = await upsert(client, *opened[:2])  # in progress again: the completed spans stay
+    assert [i["end_timestamp"] for i in r.json()["items"]] == [SDK_END] * 2
+    r = await client.post("/v5/spans/batch", json={"items": [sdk_item("x" * 32, name="late")]})
+    assert r.json()["items"][0]["name"] == "late"
+    assert control.store.count() == 22

@@ -1,0 +1,366 @@
+"""Shared plumbing of ``python -m benchmarks``: result rows, sizes, servers, payloads, progress.
+
+Every scenario returns `Row`s; `Bench` is what a scenario gets to work with: the local SGP
+server (a subprocess on loopback, SQLite in a file), the OTLP sink for OpenTelemetry (also a
+subprocess), the sizes of this run, a progress line printer, and counters read where the spans
+land.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sqlite3
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import anyio.lowlevel
+
+from benchmarks.peers import OtlpSinkProcess, PeerUnavailable, check_available
+from sgp_client import AsyncSGPClient, QueueStats, SpanItem, UpsertQueue, new_span_id
+from sgp_client.testing import ServerProcess
+
+__all__ = [
+    "BACKENDS",
+    "FULL",
+    "OTEL",
+    "OURS",
+    "QUICK",
+    "SCALE_GP",
+    "Bench",
+    "Row",
+    "Sizes",
+    "burst_producer",
+    "machine_line",
+    "new_trace_id",
+    "open_bench",
+    "queue_extra",
+    "queue_notes",
+    "span_items",
+]
+
+OURS: Final = "sgp_async"
+SCALE_GP: Final = "scale-gp-beta"
+OTEL: Final = "opentelemetry"
+PEERS: Final = (SCALE_GP, OTEL)
+BACKENDS: Final = ("asyncio", "trio")
+
+# ~150 characters each side: with the key and id digits, ~300 bytes of payload per span.
+_FILLER: Final = "x" * 144
+
+
+@dataclass(kw_only=True)
+class Row:
+    """One line of the results table (and one object of the JSON list).
+
+    `delivered` is counted where the spans land (the server's completed rows, the OTLP sink's
+    distinct spans); `extra` holds whatever else a scenario measures and is merged into the
+    JSON object.
+    """
+
+    scenario: str
+    system: str
+    backend: str
+    spans: int
+    delivered: int | None
+    spans_per_s: float | None
+    hot_us_per_span: float | None = None
+    seconds: float | None = None
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Every span arrived (rows that measure no delivery count as complete)."""
+        return self.delivered is None or self.delivered >= self.spans
+
+    def to_dict(self) -> dict[str, Any]:
+        base: dict[str, Any] = {
+            "system": self.system,
+            "backend": self.backend,
+            "scenario": self.scenario,
+            "spans": self.spans,
+            "delivered": self.delivered,
+            "spans_per_s": self.spans_per_s,
+            "hot_us_per_span": self.hot_us_per_span,
+            "seconds": self.seconds,
+            "notes": list(self.notes),
+        }
+        # The schema's own keys come first and win: a scenario cannot redefine them.
+        return {**base, **{k: v for k, v in self.extra.items() if k not in base}}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sizes:
+    """How big each scenario is; `QUICK` keeps the whole run under two minutes."""
+
+    burst_spans: int = 20_000  # the issue fixes this one, quick or not
+    hot_samples: int = 20_000
+    hot_round: int = 500
+    trickle_rate: float = 100.0
+    trickle_seconds: float = 10.0
+    fault_spans: int = 5_000
+    fault_spans_scale_gp: int = 1_000
+    slow_spans: int = 16_000
+    slow_latency: float = 0.3
+    slow_in_flight: tuple[int, ...] = (1, 2, 4, 8, 16)
+    memory_spans: int = 100_000
+    scaling_spans: int = 20_000
+    scaling_batch_sizes: tuple[int, ...] = (100, 250, 500, 1000)
+    scaling_in_flight: tuple[int, ...] = (1, 2, 4, 8, 16)
+    fleet_workers: int = 4
+    fleet_runs: int = 300
+    peer_timeout: float = 300.0
+
+
+FULL: Final = Sizes()
+QUICK: Final = Sizes(
+    hot_samples=5_000,
+    trickle_seconds=2.0,
+    fault_spans=2_000,
+    # scale-gp-beta sends 50-item batches one after another and waits out each Retry-After:
+    # a few hundred spans already take it several seconds.
+    fault_spans_scale_gp=200,
+    slow_spans=3_000,
+    memory_spans=50_000,
+    scaling_spans=6_000,
+    scaling_in_flight=(1, 8),
+    fleet_runs=40,
+    peer_timeout=60.0,
+)
+
+
+class Bench:
+    """What a scenario works with; made by `open_bench`."""
+
+    def __init__(
+        self,
+        *,
+        server: ServerProcess,
+        db_path: Path,
+        sink: OtlpSinkProcess | None,
+        sink_error: str | None,
+        sizes: Sizes,
+        backends: tuple[str, ...],
+        workdir: Path,
+        with_peers: bool = True,
+        quiet: bool = False,
+    ) -> None:
+        self.server = server
+        self.db_path = db_path
+        self.sink = sink
+        self._sink_error = sink_error
+        self.sizes = sizes
+        self.backends = backends
+        self.workdir = workdir
+        self.with_peers = with_peers
+        self.quiet = quiet
+        self._started = time.monotonic()
+        self._db: sqlite3.Connection | None = None
+        self._counted_at = 0.0
+        self._counted: tuple[str | None, int] = (None, 0)
+
+    # -- progress ----------------------------------------------------------------------
+
+    def progress(self, message: str) -> None:
+        """One ``[bench]`` line on stderr, with the time since the run began."""
+        if self.quiet:
+            return
+        elapsed = time.monotonic() - self._started
+        print(f"[bench] {elapsed:6.1f}s {message}", file=sys.stderr, flush=True)
+
+    # -- our SDK -----------------------------------------------------------------------
+
+    def client(self, **kwargs: Any) -> AsyncSGPClient:
+        """A client of the local server (kwargs go to `AsyncSGPClient`)."""
+        return AsyncSGPClient(
+            api_key=self.server.api_key,
+            account_id=self.server.account_id,
+            base_url=self.server.base_url,
+            **kwargs,
+        )
+
+    # -- what landed -------------------------------------------------------------------
+
+    def completed(self, trace_id: str | None = None) -> int:
+        """Completed spans (an end timestamp) the server stored, optionally of one trace.
+
+        Read from the server's SQLite file: the admin API counts rows, and a row may still
+        be an in-progress start, which is not a delivered span.
+        """
+        if self._db is None:
+            # Autocommit: every SELECT sees the server's latest committed writes (WAL).
+            self._db = sqlite3.connect(self.db_path, isolation_level=None, timeout=30)
+        sql = "SELECT COUNT(*) FROM spans WHERE end_us IS NOT NULL"
+        params: tuple[str, ...] = ()
+        if trace_id is not None:
+            sql += " AND trace_id = ?"
+            params = (trace_id,)
+        return int(self._db.execute(sql, params).fetchone()[0])
+
+    def completed_polled(self, trace_id: str) -> int:
+        """`completed` at most every 0.1 s: the peer drivers poll every 20 ms, and a table
+        scan that often would steal a core from the system being measured."""
+        now = time.monotonic()
+        if self._counted[0] == trace_id and now - self._counted_at < 0.1:
+            return self._counted[1]
+        value = self.completed(trace_id)
+        self._counted = (trace_id, value)
+        self._counted_at = now
+        return value
+
+    def reset_server(self) -> None:
+        """Forget stored spans, counters and faults between scenarios."""
+        self.server.reset()
+        self._counted = (None, 0)
+
+    # -- peers -------------------------------------------------------------------------
+
+    def peer_unavailable(self, system: str) -> str | None:
+        """Why peer `system` cannot run here, or None when it can."""
+        if not self.with_peers:
+            return "peers not requested"
+        try:
+            check_available(system)
+        except PeerUnavailable as exc:
+            return str(exc)
+        if system == OTEL and self.sink is None:
+            return f"the OTLP sink did not start: {self._sink_error}"
+        return None
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+@contextmanager
+def open_bench(
+    sizes: Sizes,
+    *,
+    backends: tuple[str, ...] = BACKENDS,
+    with_peers: bool = True,
+    quiet: bool = False,
+) -> Iterator[Bench]:
+    """Start the local SGP server (and, with peers, the OTLP sink for OpenTelemetry)."""
+    import tempfile
+
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sgp-bench-")))
+        db_path = workdir / "spans.sqlite3"
+        server = stack.enter_context(ServerProcess(db=db_path))
+        sink: OtlpSinkProcess | None = None
+        sink_error: str | None = None
+        if with_peers:
+            try:
+                check_available(OTEL)
+                sink = stack.enter_context(OtlpSinkProcess())
+            except (PeerUnavailable, RuntimeError) as exc:
+                sink_error = str(exc)
+        bench = Bench(
+            server=server,
+            db_path=db_path,
+            sink=sink,
+            sink_error=sink_error,
+            sizes=sizes,
+            backends=backends,
+            workdir=workdir,
+            with_peers=with_peers,
+            quiet=quiet,
+        )
+        stack.callback(bench.close)
+        yield bench
+
+
+# -- the workload ----------------------------------------------------------------------
+
+
+def span_items(trace_id: str, i: int) -> tuple[SpanItem, SpanItem]:
+    """The start and the end of span number `i`: ~300 bytes of input and output.
+
+    Fresh dicts and strings for every span, as an application makes them: a shared payload
+    object would make the memory measurements look better than they are.
+    """
+    span_id = new_span_id()
+    start = datetime.now(UTC)
+    payload = {"q": f"{i:06d}{_FILLER}"}
+    begin = SpanItem(
+        name="bench", trace_id=trace_id, id=span_id, start_timestamp=start, input=payload
+    )
+    end = SpanItem(
+        name="bench",
+        trace_id=trace_id,
+        id=span_id,
+        start_timestamp=start,
+        end_timestamp=datetime.now(UTC),
+        status="SUCCESS",
+        input=payload,
+        output={"a": f"{i:06d}{_FILLER}"},
+    )
+    return begin, end
+
+
+async def burst_producer(queue: UpsertQueue, trace_id: str, spans: int) -> float:
+    """Submit `spans` starts and ends, yielding once per span; returns the producer's seconds.
+
+    The yield sits between a span's start and its end, as in an agent where the span wraps an
+    await: the queue's worker gets to run, and may send the start before its end exists.
+    """
+    checkpoint = anyio.lowlevel.checkpoint
+    begin = time.perf_counter()
+    for i in range(spans):
+        start, end = span_items(trace_id, i)
+        queue.submit(start)
+        await checkpoint()
+        queue.submit(end)
+    return time.perf_counter() - begin
+
+
+def new_trace_id() -> str:
+    return uuid.uuid4().hex
+
+
+def queue_notes(stats: QueueStats) -> list[str]:
+    """What a row should say about the queue's own accounting, if anything is off."""
+    notes = []
+    if stats.dropped_total:
+        dropped = ", ".join(f"{k}={v}" for k, v in sorted(stats.dropped.items()) if v)
+        notes.append(f"queue dropped {dropped}")
+    if not stats.balanced:
+        notes.append("queue accounting NOT balanced")
+    return notes
+
+
+def queue_extra(stats: QueueStats) -> dict[str, Any]:
+    """The queue's counters, for the JSON row."""
+    return {
+        "requests": stats.requests,
+        "retries": stats.retries,
+        "coalesced": stats.coalesced,
+        "dropped": dict(stats.dropped),
+        "balanced": stats.balanced,
+    }
+
+
+def machine_line() -> str:
+    """Cores, CPU model and Python version: the context every number needs."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        model = platform.processor() or model
+    return (
+        f"machine: {os.cpu_count()} cores, {model}, Python {platform.python_version()} "
+        f"({platform.python_implementation()}), {platform.system()} {platform.release()}"
+    )

@@ -1,0 +1,30 @@
+"""burst: 20,000 spans as fast as the producer can make them; delivered and spans/s.
+
+Ours: `UpsertQueue` with default settings, one `anyio.lowlevel.checkpoint()` between each
+span's start and end submit. Peers: the same count through their runners, twice: with
+`time.sleep(0)` per span (scenario ``burst``, the like-for-like comparison: a producer that
+yields once per span) and without (``burst-noyield``: a producer that never lets the peer's
+worker thread in, which shows the loss a per-span yield hides).
+"""
+
+from __future__ import annotations
+
+from benchmarks._common import OTEL, SCALE_GP, Bench, Row
+
+from ._ours import run_burst
+from ._peers import peer_burst
+
+__all__ = ["run"]
+
+
+def run(bench: Bench) -> list[Row]:
+    spans = bench.sizes.burst_spans
+    rows = [run_burst(bench, backend, spans, scenario="burst") for backend in bench.backends]
+    for system in (SCALE_GP, OTEL):
+        rows.append(peer_burst(bench, system, spans, scenario="burst"))
+        bench.reset_server()
+        rows.append(
+            peer_burst(bench, system, spans, scenario="burst-noyield", yield_per_span=False)
+        )
+        bench.reset_server()
+    return rows

@@ -1,0 +1,82 @@
+"""Smoke tests of the benchmark harness (``python -m benchmarks``) in a tiny configuration.
+
+A 500-span burst on both backends against the local server in a subprocess: every span
+delivered, rows in the JSON schema, the table renders. Peers are left out (their runners
+have their own tests in test_bench_peers.py). Nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from benchmarks.__main__ import collect
+from benchmarks._common import OTEL, OURS, QUICK, SCALE_GP, Row
+from benchmarks._table import RATIO_KEYS, add_ratios, format_table
+
+pytest.importorskip("sgp_client.testing")
+
+REQUIRED_KEYS = {
+    "system",
+    "backend",
+    "scenario",
+    "spans",
+    "delivered",
+    "spans_per_s",
+    "hot_us_per_span",
+}
+
+
+def test_tiny_burst_delivers_every_span_on_both_backends() -> None:
+    sizes = dataclasses.replace(QUICK, burst_spans=500)
+
+    rows = collect(["burst"], sizes, with_peers=False, quiet=True)
+
+    ours = [row for row in rows if row.system == OURS]
+    assert sorted(row.backend for row in ours) == ["asyncio", "trio"]
+    for row in ours:
+        assert row.scenario == "burst"
+        assert row.spans == 500
+        assert row.delivered == 500
+        assert row.spans_per_s is not None
+        assert row.spans_per_s > 0
+        assert row.extra["balanced"] is True
+        assert row.extra["dropped"] == {}
+    data = json.loads(json.dumps([row.to_dict() for row in rows]))
+    for obj in data:
+        assert obj.keys() >= REQUIRED_KEYS
+    # Peers were not requested: they appear as skipped rows, never as silent gaps.
+    skipped = [obj for obj in data if obj["system"] != OURS]
+    assert {obj["system"] for obj in skipped} == {SCALE_GP, OTEL}
+    assert all(obj["skipped"] and obj["backend"] == "thread" for obj in skipped)
+    assert "burst" in format_table(rows)
+
+
+def _row(system: str, scenario: str, *, rate: float | None, hot: float | None = None) -> Row:
+    return Row(
+        scenario=scenario,
+        system=system,
+        backend="asyncio" if system == OURS else "thread",
+        spans=10,
+        delivered=10,
+        spans_per_s=rate,
+        hot_us_per_span=hot,
+    )
+
+
+def test_ratios_favour_ours_above_one() -> None:
+    rows = [
+        _row(OURS, "burst", rate=300.0),
+        _row(SCALE_GP, "burst", rate=100.0),
+        _row(OURS, "hot-path", rate=None, hot=10.0),
+        _row(OTEL, "hot-path", rate=None, hot=20.0),
+    ]
+
+    add_ratios(rows)
+
+    assert rows[0].extra[RATIO_KEYS[SCALE_GP]] == pytest.approx(3.0)
+    assert rows[0].extra[RATIO_KEYS[OTEL]] is None  # no such peer row in this run
+    assert rows[2].extra[RATIO_KEYS[OTEL]] == pytest.approx(2.0)
+    assert "3.00x" in format_table(rows)
