@@ -20,6 +20,7 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Self
 
@@ -28,7 +29,13 @@ import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._client import MAX_BATCH_ITEMS, AsyncSGPClient
-from ._exceptions import APIStatusError, InvalidSpanError, QueueNotRunningError, SGPError
+from ._exceptions import (
+    APIStatusError,
+    APITimeoutError,
+    InvalidSpanError,
+    QueueNotRunningError,
+    SGPError,
+)
 from ._models import SpanItem
 from ._retry import Backoff, is_transient
 from ._serialization import (
@@ -47,9 +54,28 @@ logger = logging.getLogger("sgp_client.queue")
 _Key = tuple[str, str]
 _Intake = tuple[SpanItem, "Snapshot | None", int]
 _BATCH_PATH: Final = "/v5/spans/batch"
-# Estimated encoded size of an item beyond its name and snapshotted parts (ids, timestamps,
-# keys, status); used for the memory bound, never for the exact request-size limit.
-_ITEM_OVERHEAD: Final = 256
+
+
+def _measure_item_overhead() -> int:
+    # The encoded size of an item with one-character ids and no name or content, but every
+    # other field at its longest (keys, nulls, both timestamps, status, type). Submit adds
+    # the ids, the name (four bytes a character: UTF-8 or escapes) and the snapshotted
+    # content: an upper bound of the real size, used until the item is encoded.
+    moment = datetime(2026, 1, 1, 0, 0, 0, 1, tzinfo=UTC)
+    sample = SpanItem(
+        name="",
+        trace_id="t",
+        id="i",
+        parent_id="p",
+        start_timestamp=moment,
+        end_timestamp=moment,
+        status="CANCELED",
+        type="OUTPUT_GUARDRAIL",
+    )
+    return len(encode_snapshot(sample, None)) - 3 - 2  # minus the ids and the empty name
+
+
+_ITEM_OVERHEAD: Final = _measure_item_overhead()
 # Room in a request body for the ``{"items":[...]}`` envelope.
 _ENVELOPE_BYTES: Final = 12
 
@@ -115,11 +141,14 @@ class QueueStats:
 class _Entry:
     """One pending or in-flight write: the newest encoded version of one key."""
 
-    __slots__ = ("completed", "created", "data", "key", "seq")
+    __slots__ = ("completed", "created", "data", "key", "seq", "size")
 
-    def __init__(self, key: _Key, data: bytes, completed: bool, seq: int, created: float) -> None:
+    def __init__(
+        self, key: _Key, data: bytes, size: int, completed: bool, seq: int, created: float
+    ) -> None:
         self.key = key
         self.data = data
+        self.size = size  # len(data), or an upper estimate for a drop report
         self.completed = completed
         self.seq = seq  # submission number of the first item merged into this entry
         self.created = created
@@ -159,6 +188,8 @@ class UpsertQueue:
       shutdown_timeout: how long exit waits for the drain.
       on_drop: ``callback(items, reason, error)`` called for every drop.
       backoff: the retry delays (``Retry-After`` is honoured over it).
+      remember_completed: how many delivered completed spans to remember, so that a late
+        start of one of them is absorbed instead of reopening it (about 0.3 KiB each).
     """
 
     def __init__(
@@ -176,6 +207,7 @@ class UpsertQueue:
         shutdown_timeout: float = 10.0,
         on_drop: OnDrop | None = None,
         backoff: Backoff | None = None,
+        remember_completed: int = 10_000,
     ) -> None:
         if not 1 <= max_batch_size <= MAX_BATCH_ITEMS:
             raise ValueError(f"max_batch_size must be between 1 and {MAX_BATCH_ITEMS}")
@@ -187,6 +219,8 @@ class UpsertQueue:
         ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if remember_completed < 0:
+            raise ValueError("remember_completed must be >= 0")
         for name, seconds in (
             ("flush_interval", flush_interval),
             ("retry_deadline", retry_deadline),
@@ -207,6 +241,7 @@ class UpsertQueue:
         self.request_timeout = request_timeout
         self.shutdown_timeout = shutdown_timeout
         self.on_drop = on_drop
+        self.remember_completed = remember_completed
         self.backoff = backoff or Backoff(initial=0.1, maximum=2.0)
 
         # Submitted items not yet folded into ``_pending``, in submission order.
@@ -216,10 +251,13 @@ class UpsertQueue:
         self._pending: dict[_Key, _Entry] = {}
         # Pending keys that are starts only: the ones to shed first when memory is full.
         self._pending_starts: dict[_Key, None] = {}
+        # Keys whose completed write was delivered, newest last (bounded by
+        # ``remember_completed``): late starts for them are absorbed, not sent.
+        self._completed_keys: dict[_Key, None] = {}
         # Keys being written now -> whether that write is a completed span.
         self._in_flight: dict[_Key, bool] = {}
-        # Lowest ``seq`` of each batch being written, for the flush barrier.
-        self._batch_seqs: dict[int, int] = {}
+        # Each batch being written: its lowest ``seq`` (for the flush barrier) and entries.
+        self._batches: dict[int, tuple[int, list[_Entry]]] = {}
         self._batch_ids = 0
 
         self._submitted = 0
@@ -321,10 +359,18 @@ class UpsertQueue:
             self._drop(leftovers, DropReason.SHUTDOWN, None, pending=True)
         if self._in_flight_items:
             # Cancelled mid-request: the senders could not settle these themselves.
-            self._count_drop(DropReason.SHUTDOWN, self._in_flight_items)
-            self._in_flight_items = 0
+            unsettled = [
+                entry
+                for _, entries in self._batches.values()
+                for entry in entries
+                if entry.key in self._in_flight
+            ]
+            self._settle(unsettled, DropReason.SHUTDOWN, None)
+            if self._in_flight_items:  # pragma: no cover - every in-flight entry is in a batch
+                self._count_drop(DropReason.SHUTDOWN, self._in_flight_items)
+                self._in_flight_items = 0
             self._in_flight.clear()
-            self._batch_seqs.clear()
+        self._batches.clear()
         self._set_progress()
 
     # ------------------------------------------------------------------ producers
@@ -338,20 +384,52 @@ class UpsertQueue:
         """
         if not self._running:
             self._raise_not_running()
+        snapshot, size = self._snapshot(item)
+        self._enqueue(item, snapshot, size)
+
+    async def put(self, item: SpanItem) -> None:
+        """Like ``submit``, but wait for room instead of shedding when memory is full."""
+        if not self._running:
+            self._raise_not_running()
+        snapshot, size = self._snapshot(item)
+        while self._running and self._is_full(size):
+            if self._room.is_set():
+                self._room = anyio.Event()
+            await self._room.wait()
+        if not self._running:
+            self._raise_not_running()
+        self._enqueue(item, snapshot, size)
+
+    @staticmethod
+    def _snapshot(item: SpanItem) -> tuple[Snapshot | None, int]:
+        """The item's snapshot and an upper estimate of its encoded size."""
         if type(item) is not SpanItem and not isinstance(item, SpanItem):
             raise InvalidSpanError("item", f"expected a SpanItem, got {type(item).__name__}")
         # SpanItem validated itself when built; the snapshot checks that it encodes.
         snapshot = snapshot_containers(item)
-        size = _ITEM_OVERHEAD + len(item.name)
+        parent = item.parent_id
+        size = (
+            _ITEM_OVERHEAD
+            + 4 * len(item.name)
+            + len(item.id)
+            + len(item.trace_id)
+            + (len(parent) if parent is not None else 0)
+        )
         if snapshot is not None:
             for part in snapshot:
                 if part is not None:
                     size += len(part)
+        return snapshot, size
+
+    def _is_full(self, size: int) -> bool:
+        pending = len(self._intake) + len(self._pending)
+        return pending >= self.max_pending or (
+            pending > 0 and self._pending_bytes + size > self.max_pending_bytes
+        )
+
+    def _enqueue(self, item: SpanItem, snapshot: Snapshot | None, size: int) -> None:
         intake = self._intake
-        if (
-            len(intake) + len(self._pending) >= self.max_pending
-            or self._pending_bytes + size > self.max_pending_bytes
-        ):
+        if self._is_full(size):
             self._submit_when_full(item, snapshot, size)
             return
         if not intake:
@@ -388,7 +466,7 @@ class UpsertQueue:
             return
         self._intake = []
         seq = self._submitted - len(intake)
-        winners: dict[_Key, list[Any]] = {}  # key -> [item, snapshot, first seq]
+        winners: dict[_Key, list[Any]] = {}  # key -> [item, snapshot, size, first seq]
         coalesced = 0
         for item, snapshot, size in intake:
             seq += 1
@@ -396,43 +474,57 @@ class UpsertQueue:
             key = (item.trace_id, item.id)
             winner = winners.get(key)
             if winner is None:
-                winners[key] = [item, snapshot, seq]
+                winners[key] = [item, snapshot, size, seq]
                 continue
             coalesced += 1
             if item.end_timestamp is not None or winner[0].end_timestamp is None:
-                winner[0], winner[1] = item, snapshot  # completed beats in-progress, else later
+                # Completed beats in-progress, otherwise the later wins.
+                winner[0], winner[1], winner[2] = item, snapshot, size
         self._coalesced += coalesced
         created = self._intake_since
-        for key, (item, snapshot, first_seq) in winners.items():
+        for key, (item, snapshot, _, first_seq) in winners.items():
             self._add(key, item, snapshot, first_seq, created)
 
     def _add(
-        self, key: _Key, item: SpanItem, snapshot: Snapshot | None, seq: int, created: float
+        self,
+        key: _Key,
+        item: SpanItem,
+        snapshot: Snapshot | None,
+        seq: int,
+        created: float,
+        data: bytes | None = None,
     ) -> None:
+        """Merge an absorbed item into the pending map (encoding it unless ``data`` is given).
+
+        Pending entries count their exact encoded size in ``pending_bytes``.
+        """
         completed = item.end_timestamp is not None
         entry = self._pending.get(key)
         if entry is not None:
             self._coalesced += 1
             if entry.completed and not completed:
                 return  # a completed version beats this in-progress one
-            data = self._encode(key, item, snapshot, seq)
+            if data is None:
+                data = self._encode(key, item, snapshot, seq)
             if data is None:
                 self._coalesced -= 1  # counted as dropped instead
                 return
-            self._pending_bytes += len(data) - len(entry.data)
-            entry.data = data
+            self._pending_bytes += len(data) - entry.size
+            entry.data, entry.size = data, len(data)
             if completed and not entry.completed:
                 entry.completed = True
                 del self._pending_starts[key]
             return
-        if not completed and self._in_flight.get(key):
-            # The completed write of this span is on its way: an older start adds nothing.
+        if not completed and (self._in_flight.get(key) or key in self._completed_keys):
+            # The completed write of this span is on its way or done: a late start adds
+            # nothing, and sent after it would reopen the span on a last-write-wins store.
             self._coalesced += 1
             return
-        data = self._encode(key, item, snapshot, seq)
+        if data is None:
+            data = self._encode(key, item, snapshot, seq)
         if data is None:
             return
-        self._pending[key] = _Entry(key, data, completed, seq, created)
+        self._pending[key] = _Entry(key, data, len(data), completed, seq, created)
         self._pending_bytes += len(data)
         if not completed:
             self._pending_starts[key] = None
@@ -446,42 +538,37 @@ class UpsertQueue:
             # Validated at submit, so this is a bug or an exotic subclass: lose this item,
             # counted and reported, never the dispatcher.
             logger.exception("could not encode a span item; it is dropped")
-            shed = _Entry(key, b"{}", item.end_timestamp is not None, seq, 0.0)
+            shed = _Entry(key, b"{}", 0, item.end_timestamp is not None, seq, 0.0)
             self._drop([shed], DropReason.REJECTED, exc, pending=True)
             return None
 
     def _submit_when_full(self, item: SpanItem, snapshot: Snapshot | None, size: int) -> None:
-        """The slow path of ``submit`` once memory is full: coalesce, then shed."""
+        """The slow path of ``submit`` once memory looks full: coalesce, measure, then shed.
+
+        The intake is folded in first (merging starts with their ends, and exact sizes
+        replacing estimates), and the new item is encoded to know its real size. It is
+        counted as submitted only once evictions are done, so every ``on_drop`` callback
+        sees the accounting identity hold.
+        """
         self._absorb_intake()
-        self._submitted += 1
-        seq = self._submitted
         key = (item.trace_id, item.id)
         completed = item.end_timestamp is not None
-        if key in self._pending or (not completed and self._in_flight.get(key)):
-            self._add(key, item, snapshot, seq, time.monotonic())  # merges, no growth
-            return
-        if self._make_room(completed, size):
-            self._add(key, item, snapshot, seq, time.monotonic())
-            return
-        reason = DropReason.QUEUE_FULL if completed else DropReason.SHED_START
         try:
-            payload = encode_snapshot(item, snapshot, self._redact)
-        except Exception:  # pragma: no cover - see _encode
-            payload = b"{}"
-        self._drop([_Entry(key, payload, completed, seq, 0.0)], reason, None, pending=False)
-
-    async def put(self, item: SpanItem) -> None:
-        """Like ``submit``, but wait for room instead of shedding when memory is full."""
-        if not self._running:
-            self._raise_not_running()
-        while self._running and (
-            len(self._intake) + len(self._pending) >= self.max_pending
-            or self._pending_bytes >= self.max_pending_bytes
-        ):
-            if self._room.is_set():
-                self._room = anyio.Event()
-            await self._room.wait()
-        self.submit(item)
+            data = _kept(encode_snapshot(item, snapshot, self._redact))
+        except Exception:  # pragma: no cover - validated at submit; see _encode
+            data = None
+        exact = size if data is None else len(data)
+        merges = key in self._pending or (
+            not completed and (self._in_flight.get(key) or key in self._completed_keys)
+        )
+        if merges or self._make_room(completed, exact):
+            self._submitted += 1
+            self._add(key, item, snapshot, self._submitted, time.monotonic(), data)
+            return
+        self._submitted += 1
+        reason = DropReason.QUEUE_FULL if completed else DropReason.SHED_START
+        shed = _Entry(key, data or b"{}", exact, completed, self._submitted, 0.0)
+        self._drop([shed], reason, None, pending=False)
 
     def _raise_not_running(self) -> None:
         if os.getpid() != self._pid:
@@ -495,7 +582,12 @@ class UpsertQueue:
         )
 
     def _make_room(self, completed: bool, size: int) -> bool:
-        """Evict pending starts so a completed item fits; a new start is never let in."""
+        """Whether an item of ``size`` fits, evicting pending starts for a completed one.
+
+        A new start never evicts anything: its end will carry everything it has.
+        """
+        if not self._is_full(size):
+            return True
         if not completed:
             return False
         while self._pending_starts and (
@@ -505,7 +597,7 @@ class UpsertQueue:
             key = next(iter(self._pending_starts))
             del self._pending_starts[key]
             victim = self._pending.pop(key)
-            self._pending_bytes -= len(victim.data)
+            self._pending_bytes -= victim.size
             self._drop([victim], DropReason.SHED_START, None, pending=True)
         return len(self._pending) < self.max_pending and (
             self._pending_bytes + size <= self.max_pending_bytes or not self._pending
@@ -537,7 +629,7 @@ class UpsertQueue:
         for entry in self._pending.values():
             oldest = entry.seq
             break
-        for seq in self._batch_seqs.values():
+        for seq, _ in self._batches.values():
             oldest = min(oldest, seq)
         return oldest
 
@@ -557,7 +649,7 @@ class UpsertQueue:
             # Folding the intake in also while every slot is busy (an outage) keeps merging
             # starts with their ends, so memory holds one write per span, not two.
             self._absorb_intake()
-            if len(self._batch_seqs) >= self.max_in_flight:
+            if len(self._batches) >= self.max_in_flight:
                 await self._wait_wake(math.inf, saturated=True)  # a finished batch wakes us
                 continue
             batch, due = self._take_batch_if_due()
@@ -619,7 +711,7 @@ class UpsertQueue:
             if not entry.completed:
                 del starts[entry.key]
             in_flight[entry.key] = entry.completed
-            self._pending_bytes -= len(entry.data)
+            self._pending_bytes -= entry.size
         self._in_flight_items += len(batch)
         if batch:
             self._room.set()
@@ -629,7 +721,7 @@ class UpsertQueue:
         assert self._task_group is not None
         self._batch_ids += 1
         batch_id = self._batch_ids
-        self._batch_seqs[batch_id] = min(entry.seq for entry in batch)
+        self._batches[batch_id] = (min(entry.seq for entry in batch), batch)
         self._task_group.start_soon(self._run_batch, batch_id, batch)
 
     async def _run_batch(self, batch_id: int, batch: list[_Entry]) -> None:
@@ -642,7 +734,12 @@ class UpsertQueue:
             if unsettled:
                 self._settle(unsettled, DropReason.ERROR, exc)
         finally:
-            del self._batch_seqs[batch_id]
+            # Cancelled at the shutdown deadline: what this batch still holds is dropped
+            # here, reported like any other drop (one write per key: in flight means ours).
+            unsettled = [entry for entry in batch if entry.key in self._in_flight]
+            if unsettled:
+                self._settle(unsettled, DropReason.SHUTDOWN, None)
+            del self._batches[batch_id]
             self._wake.set()
             self._set_progress()
 
@@ -653,9 +750,7 @@ class UpsertQueue:
         while True:
             self._requests += 1
             try:
-                await self._client.send_once(
-                    "PUT", _BATCH_PATH, content=body, timeout=self.request_timeout
-                )
+                await self._send(body)
             except SGPError as exc:
                 status = exc.status_code if isinstance(exc, APIStatusError) else None
                 if is_transient(exc) or (status is not None and status >= 500):
@@ -686,6 +781,21 @@ class UpsertQueue:
             self._settle(batch, None, None)
             return
 
+    async def _send(self, body: bytes) -> None:
+        # httpx enforces the timeout on real sockets only; a custom or in-process transport,
+        # or a server trickling bytes, would not end: bound the whole request here too.
+        try:
+            with anyio.fail_after(self.request_timeout):
+                await self._client.send_once(
+                    "PUT", _BATCH_PATH, content=body, timeout=self.request_timeout
+                )
+        except TimeoutError:
+            raise APITimeoutError(
+                f"PUT {_BATCH_PATH} took longer than request_timeout={self.request_timeout} s",
+                method="PUT",
+                url=self._client.base_url + _BATCH_PATH,
+            ) from None
+
     async def _deliver_halves(self, batch: list[_Entry], deadline: float) -> None:
         middle = len(batch) // 2
         await self._deliver(batch[:middle], deadline)
@@ -700,6 +810,13 @@ class UpsertQueue:
         self._in_flight_items -= len(entries)
         if reason is None:
             self._delivered += len(entries)
+            remembered = self._completed_keys
+            for entry in entries:
+                if entry.completed:
+                    remembered[entry.key] = None
+            # Bounded: oldest first out. Only a late start older than this window gets sent.
+            while len(remembered) > self.remember_completed:
+                del remembered[next(iter(remembered))]
         else:
             self._drop(entries, reason, error, pending=False)
 

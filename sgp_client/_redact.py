@@ -34,7 +34,7 @@ import re
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["REDACTED", "Redactor", "redact_credentials"]
+__all__ = ["REDACTED", "Redactor", "may_hold_credentials", "redact_credentials"]
 
 #: A redaction hook: the JSON encoding of one field value in, a JSON encoding out.
 Redactor = Callable[[bytes], bytes]
@@ -105,31 +105,47 @@ def _mask_url_password(match: re.Match[bytes]) -> bytes:
     return match.group(1) + REDACTED + b"@"
 
 
+_KEY_FRAGMENTS: Final = ('key"', 'token"', "secret", "passw", "authoriz")
+
+
+def may_hold_credentials(data: bytes) -> bool:
+    """The prefilter of ``redact_credentials``: False means it would change nothing.
+
+    Every pattern needs one of a few fragments; a value holding none of them (nearly all
+    values) costs a lowercase copy and a few C-speed substring searches. It can run on a
+    whole encoded item at once, ids included: a false alarm only costs the exact pass.
+    """
+    # On str rather than bytes: ``in`` costs about half as much there (no buffer protocol),
+    # and latin-1 decodes any bytes, ASCII at memcpy speed.
+    text = data.decode("latin-1")
+    if "sk-" in text or "@" in text:
+        return True
+    low = text.lower()
+    return (
+        "bearer" in low
+        or 'key"' in low
+        or 'token"' in low
+        or "secret" in low
+        or "passw" in low
+        or "authoriz" in low
+    )
+
+
 def redact_credentials(data: bytes) -> bytes:
     """Mask credential-shaped values in the JSON encoding of one field value.
 
     Returns ``data`` itself (no copy) when there is nothing to mask, which is the usual case.
     """
-    # The prefilter. Every pattern below needs one of these fragments; a value holding none
-    # of them (nearly all values) costs a lowercase copy and a few C-speed substring searches.
-    # On str rather than bytes: ``in`` costs about half as much there (no buffer protocol),
-    # and latin-1 decodes any bytes, ASCII at memcpy speed.
-    text = data.decode("latin-1")
-    sk = "sk-" in text
-    at = "@" in text
-    low = text.lower()
-    bearer = "bearer" in low
-    keys = (
-        'key"' in low or 'token"' in low or "secret" in low or "passw" in low or "authoriz" in low
-    )
-    if not (sk or at or bearer or keys):
+    if not may_hold_credentials(data):
         return data
-    if keys:
+    text = data.decode("latin-1")
+    low = text.lower()
+    if any(fragment in low for fragment in _KEY_FRAGMENTS):
         data = _KEY_VALUE.sub(_mask_key_value, data)
-    if bearer:
+    if "bearer" in low:
         data = _mask_bearer(data)
-    if sk:
+    if "sk-" in text:
         data = _SK_KEY.sub(REDACTED, data)
-    if at:
+    if "@" in text:
         data = _URL_PASSWORD.sub(_mask_url_password, data)
     return data

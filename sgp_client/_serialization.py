@@ -16,7 +16,7 @@ from cattrs.preconf.orjson import make_converter
 
 from ._exceptions import InvalidSpanError
 from ._models import SpanItem
-from ._redact import Redactor
+from ._redact import Redactor, may_hold_credentials, redact_credentials
 
 logger = logging.getLogger("sgp_client")
 
@@ -204,6 +204,12 @@ def encode_snapshot(
     item: SpanItem, snapshot: Snapshot | None, redact: Redactor | None = None
 ) -> bytes:
     """Encode one snapshotted item (see ``snapshot_containers``)."""
+    if redact is redact_credentials:
+        # The default hook's prefilter, run once over the whole item instead of once per
+        # field: when nothing in the item looks like a credential, no field would change.
+        plain = encode_snapshot(item, snapshot)
+        if not may_hold_credentials(plain):
+            return plain
     data = snapshot_to_dict(item, snapshot, redact)
     try:
         return orjson.dumps(data, option=_DUMPS_OPTIONS)

@@ -81,7 +81,8 @@ def test_backoff_follows_retry_after_with_a_little_jitter() -> None:
     for _ in range(100):
         assert 3.0 <= backoff.delay(0, retry_after=3.0) <= 3.1
         assert 10.0 <= backoff.delay(5, retry_after=500.0) <= 10.1
-        assert 0.0 <= backoff.delay(0, retry_after=0.0) <= 0.1
+        # A zero wait is no instruction: the exponential backoff applies (no retry storm).
+        assert 0.125 <= backoff.delay(0, retry_after=0.0) <= 0.25
 
 
 def test_backoff_defaults_are_explainable() -> None:
