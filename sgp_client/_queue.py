@@ -254,8 +254,8 @@ class UpsertQueue:
         # Keys whose completed write was delivered, newest last (bounded by
         # ``remember_completed``): late starts for them are absorbed, not sent.
         self._completed_keys: dict[_Key, None] = {}
-        # Keys being written now -> whether that write is a completed span.
-        self._in_flight: dict[_Key, bool] = {}
+        # Keys being written now -> the entry being written (one per key).
+        self._in_flight: dict[_Key, _Entry] = {}
         # Each batch being written: its lowest ``seq`` (for the flush barrier) and entries.
         self._batches: dict[int, tuple[int, list[_Entry]]] = {}
         self._batch_ids = 0
@@ -363,7 +363,7 @@ class UpsertQueue:
                 entry
                 for _, entries in self._batches.values()
                 for entry in entries
-                if entry.key in self._in_flight
+                if self._in_flight.get(entry.key) is entry
             ]
             self._settle(unsettled, DropReason.SHUTDOWN, None)
             if self._in_flight_items:  # pragma: no cover - every in-flight entry is in a batch
@@ -515,7 +515,7 @@ class UpsertQueue:
                 entry.completed = True
                 del self._pending_starts[key]
             return
-        if not completed and (self._in_flight.get(key) or key in self._completed_keys):
+        if not completed and (self._completed_in_flight(key) or key in self._completed_keys):
             # The completed write of this span is on its way or done: a late start adds
             # nothing, and sent after it would reopen the span on a last-write-wins store.
             self._coalesced += 1
@@ -559,7 +559,7 @@ class UpsertQueue:
             data = None
         exact = size if data is None else len(data)
         merges = key in self._pending or (
-            not completed and (self._in_flight.get(key) or key in self._completed_keys)
+            not completed and (self._completed_in_flight(key) or key in self._completed_keys)
         )
         if merges or self._make_room(completed, exact):
             self._submitted += 1
@@ -710,7 +710,7 @@ class UpsertQueue:
             del pending[entry.key]
             if not entry.completed:
                 del starts[entry.key]
-            in_flight[entry.key] = entry.completed
+            in_flight[entry.key] = entry
             self._pending_bytes -= entry.size
         self._in_flight_items += len(batch)
         if batch:
@@ -730,13 +730,13 @@ class UpsertQueue:
         except Exception as exc:
             # A bug here must never kill the dispatcher: account for the items and go on.
             logger.exception("unexpected error while sending a batch of %d spans", len(batch))
-            unsettled = [entry for entry in batch if entry.key in self._in_flight]
+            unsettled = self._unsettled(batch)
             if unsettled:
                 self._settle(unsettled, DropReason.ERROR, exc)
         finally:
             # Cancelled at the shutdown deadline: what this batch still holds is dropped
-            # here, reported like any other drop (one write per key: in flight means ours).
-            unsettled = [entry for entry in batch if entry.key in self._in_flight]
+            # here, reported like any other drop.
+            unsettled = self._unsettled(batch)
             if unsettled:
                 self._settle(unsettled, DropReason.SHUTDOWN, None)
             del self._batches[batch_id]
@@ -800,6 +800,16 @@ class UpsertQueue:
         middle = len(batch) // 2
         await self._deliver(batch[:middle], deadline)
         await self._deliver(batch[middle:], deadline)
+
+    def _completed_in_flight(self, key: _Key) -> bool:
+        entry = self._in_flight.get(key)
+        return entry is not None and entry.completed
+
+    def _unsettled(self, batch: list[_Entry]) -> list[_Entry]:
+        # By identity, not by key: once a half of a bisected batch is settled, a newer
+        # version of one of its keys may already be in flight in another batch.
+        in_flight = self._in_flight
+        return [entry for entry in batch if in_flight.get(entry.key) is entry]
 
     def _settle(
         self, entries: list[_Entry], reason: str | None, error: BaseException | None
