@@ -108,16 +108,16 @@ def _mask_url_password(match: re.Match[bytes]) -> bytes:
 _KEY_FRAGMENTS: Final = ('key"', 'token"', "secret", "passw", "authoriz")
 
 
-def may_hold_credentials(data: bytes) -> bool:
+def may_hold_credentials(data: bytes | str) -> bool:
     """The prefilter of ``redact_credentials``: False means it would change nothing.
 
     Every pattern needs one of a few fragments; a value holding none of them (nearly all
-    values) costs a lowercase copy and a few C-speed substring searches. It can run on a
-    whole encoded item at once, ids included: a false alarm only costs the exact pass.
+    values) costs a lowercase copy and a few C-speed substring searches. It can run on
+    several values joined together: a false alarm only costs the exact pass.
     """
     # On str rather than bytes: ``in`` costs about half as much there (no buffer protocol),
     # and latin-1 decodes any bytes, ASCII at memcpy speed.
-    text = data.decode("latin-1")
+    text = data.decode("latin-1") if isinstance(data, bytes) else data
     if "sk-" in text or "@" in text:
         return True
     low = text.lower()

@@ -200,16 +200,23 @@ def _redacted(redact: Redactor, encoded: bytes) -> bytes:
         return REDACTOR_FAILED
 
 
+def _content_may_hold_credentials(item: SpanItem, snapshot: Snapshot | None) -> bool:
+    if snapshot is None:
+        return may_hold_credentials(item.name)
+    text = [item.name]
+    text.extend(part.decode("latin-1") for part in snapshot if part is not None)
+    return may_hold_credentials("\n".join(text))
+
+
 def encode_snapshot(
     item: SpanItem, snapshot: Snapshot | None, redact: Redactor | None = None
 ) -> bytes:
     """Encode one snapshotted item (see ``snapshot_containers``)."""
-    if redact is redact_credentials:
-        # The default hook's prefilter, run once over the whole item instead of once per
-        # field: when nothing in the item looks like a credential, no field would change.
-        plain = encode_snapshot(item, snapshot)
-        if not may_hold_credentials(plain):
-            return plain
+    if redact is redact_credentials and not _content_may_hold_credentials(item, snapshot):
+        # The default hook's prefilter, run once over the item's content joined together
+        # instead of once per field (and never over ids, keys and timestamps): when nothing
+        # looks like a credential, no field would change.
+        redact = None
     data = snapshot_to_dict(item, snapshot, redact)
     try:
         return orjson.dumps(data, option=_DUMPS_OPTIONS)
