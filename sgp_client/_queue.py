@@ -19,6 +19,7 @@ import math
 import os
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import MappingProxyType, TracebackType
@@ -253,7 +254,8 @@ class UpsertQueue:
         self._pending_starts: dict[_Key, None] = {}
         # Keys whose completed write was delivered, newest last (bounded by
         # ``remember_completed``): late starts for them are absorbed, not sent.
-        self._completed_keys: dict[_Key, None] = {}
+        # An OrderedDict: evicting the oldest of a plain dict rescans its deleted slots.
+        self._completed_keys: OrderedDict[_Key, None] = OrderedDict()
         # Keys being written now -> the entry being written (one per key).
         self._in_flight: dict[_Key, _Entry] = {}
         # Each batch being written: its lowest ``seq`` (for the flush barrier) and entries.
@@ -826,7 +828,7 @@ class UpsertQueue:
                     remembered[entry.key] = None
             # Bounded: oldest first out. Only a late start older than this window gets sent.
             while len(remembered) > self.remember_completed:
-                del remembered[next(iter(remembered))]
+                remembered.popitem(last=False)
         else:
             self._drop(entries, reason, error, pending=False)
 
