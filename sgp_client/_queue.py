@@ -251,7 +251,7 @@ class UpsertQueue:
         # Insertion-ordered: the first entry is the oldest, and has the lowest ``seq``.
         self._pending: dict[_Key, _Entry] = {}
         # Pending keys that are starts only: the ones to shed first when memory is full.
-        self._pending_starts: dict[_Key, None] = {}
+        self._pending_starts: OrderedDict[_Key, None] = OrderedDict()
         # Keys whose completed write was delivered, newest last (bounded by
         # ``remember_completed``): late starts for them are absorbed, not sent.
         # An OrderedDict: evicting the oldest of a plain dict rescans its deleted slots.
@@ -596,8 +596,7 @@ class UpsertQueue:
             len(self._pending) >= self.max_pending
             or self._pending_bytes + size > self.max_pending_bytes
         ):
-            key = next(iter(self._pending_starts))
-            del self._pending_starts[key]
+            key, _ = self._pending_starts.popitem(last=False)
             victim = self._pending.pop(key)
             self._pending_bytes -= victim.size
             self._drop([victim], DropReason.SHED_START, None, pending=True)
