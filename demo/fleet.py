@@ -219,7 +219,7 @@ async def run_fleet(
         with anyio.move_on_after(30):
             await process.wait()
     if progress:
-        print(file=sys.stderr)
+        _print_progress(result, runs, final=True)
     return result
 
 
@@ -235,19 +235,26 @@ async def _accept_workers(listener: MultiListener[SocketStream], count: int) -> 
 
 
 async def _show_progress(result: FleetResult, runs: int) -> None:
-    tty = sys.stderr.isatty()
     last = 0.0
     while True:
         now = time.monotonic()
-        if tty or now - last >= 2.0:
+        # On a terminal one line redrawn in place; elsewhere (CI logs) a line every 2 s.
+        if sys.stderr.isatty() or now - last >= 2.0:
             last = now
-            line = (
-                f"[demo] agent runs {result.traces}/{runs}  spans started {result.spans_started}"
-                f"  ended {result.spans_ended}  ends on another worker {result.cross_worker_ends}"
-            )
-            print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr)
-            sys.stderr.flush()
+            _print_progress(result, runs, final=False)
         await anyio.sleep(0.2)
+
+
+def _print_progress(result: FleetResult, runs: int, *, final: bool) -> None:
+    line = (
+        f"[demo] agent runs {result.traces}/{runs}  spans started {result.spans_started}"
+        f"  ended {result.spans_ended}  ends on another worker {result.cross_worker_ends}"
+    )
+    if sys.stderr.isatty():
+        print("\r" + line, end="\n" if final else "", file=sys.stderr)
+    else:
+        print(line, file=sys.stderr)
+    sys.stderr.flush()
 
 
 async def read_back(client: AsyncSGPClient, result: FleetResult) -> dict[str, int]:
