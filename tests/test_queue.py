@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -506,6 +506,76 @@ async def test_one_write_per_key_in_flight_even_when_requests_finish_out_of_orde
     check_one_write_per_key(recorder.writes)
     spans = stored(control)
     assert all(spans[k]["metadata"] == {"version": 9} for k in keys)
+
+
+class HoldRequests:
+    """ASGI middleware that never answers the batch requests ``hold(items)`` picks."""
+
+    def __init__(self, app: ASGIApp, hold: Callable[[list[dict[str, Any]]], bool]) -> None:
+        self.app = app
+        self.hold = hold
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].endswith("/v5/spans/batch"):
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        body = b""
+        while True:
+            message = await receive()
+            messages.append(message)
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if self.hold(orjson.loads(body)["items"]):
+            await anyio.sleep_forever()
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def test_cancelled_bisected_batch_never_settles_a_newer_write_of_its_keys(
+    app: Starlette,
+) -> None:
+    """Regression: a bisected batch whose first half landed, then cancelled at shutdown,
+    must not settle the newer write of that key that another batch is sending. Settling by
+    key did: it reported the delivered start as lost instead of the end, and depending on
+    the order of the two settlements, failed the other batch with a KeyError."""
+    control = get_control(app)
+
+    def hold(items: list[dict[str, Any]]) -> bool:
+        # The half of the bisected batch holding "bad", and whatever carries the end of "a".
+        alone_bad = [item["id"] for item in items] == ["bad"]
+        return alone_bad or any(item["input"] == {"marker": "a-end"} for item in items)
+
+    held = HoldRequests(app, hold)
+    drops = DropLog()
+    async with sgp_client(held) as client:
+        queue = make_queue(
+            client, flush_interval=60.0, max_batch_size=2, shutdown_timeout=0.5, on_drop=drops
+        )
+        async with watching(queue), queue:
+            queue.submit(span("a"))
+            # Its own parent: the server rejects the pair with 409, the queue bisects it, "a"
+            # lands alone, and the half holding "bad" is sent next and never answered.
+            queue.submit(span("bad", parent_id="bad"))
+            await wait_until(lambda: queue.stats.delivered == 1)
+            # The end of "a" (held too) now goes out in another batch, while the first
+            # batch still waits on "bad".
+            queue.submit(span("a", end=True, version=1, input={"marker": "a-end"}))
+            queue.submit(span("c", end=True))
+            await wait_until(lambda: queue.stats.in_flight == 3)
+    stats = queue.stats
+    assert_identity(stats)
+    assert stats.delivered == 1
+    assert stats.dropped == {DropReason.SHUTDOWN: 3}
+    # The writes reported lost are the ones really lost: the end of "a" (not its start,
+    # which was delivered), "bad" and "c".
+    lost = {(item.span_id, item.completed) for items, _, _ in drops.calls for item in items}
+    assert lost == {("a", True), ("bad", False), ("c", True)}
+    assert stored(control)["a"]["end_timestamp"] is None
 
 
 # ---------------------------------------------------------------------------- memory bound
