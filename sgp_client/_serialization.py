@@ -10,6 +10,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
+import attrs
 import cattrs
 import orjson
 from cattrs.preconf.orjson import make_converter
@@ -30,25 +31,8 @@ T = TypeVar("T")
 # Naive datetimes are UTC (see _models); orjson then writes an explicit +00:00 offset.
 _DUMPS_OPTIONS: Final = orjson.OPT_NAIVE_UTC
 
-_FIELD_NAMES: Final = (
-    "name",
-    "trace_id",
-    "start_timestamp",
-    "id",
-    "parent_id",
-    "group_id",
-    "end_timestamp",
-    "status",
-    "type",
-    "input",
-    "output",
-    "metadata",
-    "expected",
-    "application_interaction_id",
-    "application_variant_id",
-    "obs_trace_id",
-    "obs_span_id",
-)
+# The API fields, in declaration order (for SpanItem subclasses, whose __dict__ may hold more).
+_FIELD_NAMES: Final = tuple(field.name for field in attrs.fields(SpanItem))
 
 
 def _make_converter() -> cattrs.Converter:
