@@ -190,6 +190,23 @@ class Write:
     keys: list[tuple[str, str, bool]] = attrs.Factory(list)
 
 
+async def buffer_body(receive: Receive) -> tuple[bytes, Receive]:
+    """Read a whole request body, and a ``receive`` that replays it to the app behind."""
+    messages: list[Message] = []
+    body = b""
+    while True:
+        message = await receive()
+        messages.append(message)
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+
+    async def replay() -> Message:
+        return messages.pop(0) if messages else await receive()
+
+    return body, replay
+
+
 class Recorder:
     """ASGI middleware in front of the app recording every batch request's items and timing.
 
@@ -206,25 +223,13 @@ class Recorder:
         if scope["type"] != "http" or not scope["path"].endswith("/v5/spans/batch"):
             await self.app(scope, receive, send)
             return
-        messages: list[Message] = []
-        body = b""
-        while True:
-            message = await receive()
-            messages.append(message)
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body, replay = await buffer_body(receive)
         write = Write(begin=next(self._clock))
         write.keys = [
             (item["trace_id"], item["id"], item.get("end_timestamp") is not None)
             for item in orjson.loads(body)["items"]
         ]
         self.writes.append(write)
-
-        async def replay() -> Message:
-            if messages:
-                return messages.pop(0)
-            return await receive()
 
         async def send_status(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -519,19 +524,9 @@ class HoldRequests:
         if scope["type"] != "http" or not scope["path"].endswith("/v5/spans/batch"):
             await self.app(scope, receive, send)
             return
-        messages: list[Message] = []
-        body = b""
-        while True:
-            message = await receive()
-            messages.append(message)
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body, replay = await buffer_body(receive)
         if self.hold(orjson.loads(body)["items"]):
             await anyio.sleep_forever()
-
-        async def replay() -> Message:
-            return messages.pop(0) if messages else await receive()
 
         await self.app(scope, replay, send)
 
