@@ -43,6 +43,7 @@ from ._models import (
 from ._queue import DroppedSpan, DropReason, QueueStats, UpsertQueue
 from ._redact import REDACTED, Redactor, redact_credentials
 from ._retry import Backoff
+from ._serialization import encode_content
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -83,6 +84,7 @@ __all__ = [
     "SpansResource",
     "UnprocessableEntityError",
     "UpsertQueue",
+    "encode_content",
     "new_span_id",
     "redact_credentials",
 ]

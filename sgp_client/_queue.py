@@ -38,22 +38,28 @@ from ._exceptions import (
     SGPError,
 )
 from ._models import SpanItem
+from ._redact import Redactor
 from ._retry import Backoff, is_transient
 from ._serialization import (
-    Snapshot,
+    Content,
+    encode_fields,
     encode_items_body,
     encode_snapshot,
     loads,
-    snapshot_containers,
+    snapshot_content,
 )
-from ._serialization import kept as _kept
 
 __all__ = ["DropReason", "DroppedSpan", "QueueStats", "UpsertQueue"]
 
 logger = logging.getLogger("sgp_client.queue")
 
 _Key = tuple[str, str]
-_Intake = tuple[SpanItem, "Snapshot | None", int]
+# One submitted item, a flat tuple (one allocation per item, on the producer's path):
+# (trace_id, id, end or None for a start, an upper estimate of its encoded size, its content
+# snapshot, then either the SpanItem itself or, from ``submit_prepared``, its name,
+# parent_id, start, status and type).
+_Intake = tuple[Any, ...]
+_SIZE: Final = 3
 _BATCH_PATH: Final = "/v5/spans/batch"
 
 
@@ -79,6 +85,16 @@ def _measure_item_overhead() -> int:
 _ITEM_OVERHEAD: Final = _measure_item_overhead()
 # Room in a request body for the ``{"items":[...]}`` envelope.
 _ENVELOPE_BYTES: Final = 12
+
+
+def _encode_record(record: _Intake, redact: Redactor | None) -> bytes:
+    """The JSON of one intake record, whichever way it was submitted."""
+    if len(record) == 6:
+        return encode_snapshot(record[5], record[4], redact)
+    trace_id, span_id, end, _, content, name, parent_id, start, status, kind = record
+    return encode_fields(
+        trace_id, span_id, parent_id, name, start, end, status, kind, content, redact
+    )
 
 
 class DropReason:
@@ -386,29 +402,58 @@ class UpsertQueue:
         """
         if not self._running:
             self._raise_not_running()
-        snapshot, size = self._snapshot(item)
-        self._enqueue(item, snapshot, size)
+        self._enqueue(self._intake_record(item))
+
+    def submit_prepared(
+        self,
+        trace_id: str,
+        span_id: str,
+        parent_id: str | None,
+        name: str,
+        start: datetime,
+        end: datetime | None,
+        status: str | None,
+        type: str | None,
+        content: Content | None,
+    ) -> None:
+        """``submit`` for a caller that checked the fields itself (``sgp_tracing`` does).
+
+        The fields of a ``SpanItem`` without group, expected or application ids; ``content``
+        is ``encode_content({"input": ..., "output": ..., "metadata": ...})`` of the set ones,
+        encoded by the caller when the span event happened (the snapshot). Nothing is
+        validated here: that is the point (no ``SpanItem`` is built, nothing encoded twice).
+        An item that turns out not to encode, or that the server refuses, is dropped and
+        counted as ``rejected`` like any other.
+        """
+        if not self._running:
+            self._raise_not_running()
+        size = _ITEM_OVERHEAD + 4 * len(name) + len(span_id) + len(trace_id)
+        if parent_id is not None:
+            size += len(parent_id)
+        if content is not None:
+            size += len(content)
+        self._enqueue((trace_id, span_id, end, size, content, name, parent_id, start, status, type))
 
     async def put(self, item: SpanItem) -> None:
         """Like ``submit``, but wait for room instead of shedding when memory is full."""
         if not self._running:
             self._raise_not_running()
-        snapshot, size = self._snapshot(item)
-        while self._running and self._is_full(size):
+        record = self._intake_record(item)
+        while self._running and self._is_full(record[_SIZE]):
             if self._room.is_set():
                 self._room = anyio.Event()
             await self._room.wait()
         if not self._running:
             self._raise_not_running()
-        self._enqueue(item, snapshot, size)
+        self._enqueue(record)
 
     @staticmethod
-    def _snapshot(item: SpanItem) -> tuple[Snapshot | None, int]:
-        """The item's snapshot and an upper estimate of its encoded size."""
+    def _intake_record(item: SpanItem) -> _Intake:
+        """The item's intake record: its content snapshot and an upper estimate of its size."""
         if type(item) is not SpanItem and not isinstance(item, SpanItem):
             raise InvalidSpanError("item", f"expected a SpanItem, got {type(item).__name__}")
         # SpanItem validated itself when built; the snapshot checks that it encodes.
-        snapshot = snapshot_containers(item)
+        content = snapshot_content(item)
         parent = item.parent_id
         size = (
             _ITEM_OVERHEAD
@@ -416,12 +461,9 @@ class UpsertQueue:
             + len(item.id)
             + len(item.trace_id)
             + (len(parent) if parent is not None else 0)
+            + (len(content) if content is not None else 0)
         )
-        if snapshot is not None:
-            for part in snapshot:
-                if part is not None:
-                    size += len(part)
-        return snapshot, size
+        return item.trace_id, item.id, item.end_timestamp, size, content, item
 
     def _is_full(self, size: int) -> bool:
         pending = len(self._intake) + len(self._pending)
@@ -429,10 +471,14 @@ class UpsertQueue:
             pending > 0 and self._pending_bytes + size > self.max_pending_bytes
         )
 
-    def _enqueue(self, item: SpanItem, snapshot: Snapshot | None, size: int) -> None:
+    def _enqueue(self, record: _Intake) -> None:
+        # Runs for every item: _is_full is inlined, and the wake-up conditions are only
+        # looked at once a count or byte threshold is reached.
         intake = self._intake
-        if self._is_full(size):
-            self._submit_when_full(item, snapshot, size)
+        queued = len(intake) + len(self._pending)
+        pending_bytes = self._pending_bytes + record[_SIZE]
+        if queued >= self.max_pending or (queued and pending_bytes > self.max_pending_bytes):
+            self._submit_when_full(record)
             return
         if not intake:
             self._intake_since = time.monotonic()
@@ -440,19 +486,14 @@ class UpsertQueue:
                 # The dispatcher sleeps without a deadline: start the flush_interval clock.
                 self._idle = False
                 self._wake.set()
-        intake.append((item, snapshot, size))
+        intake.append(record)
         self._submitted += 1
-        self._pending_bytes += size
-        if not self._wake_armed and (
-            len(intake) >= self.max_batch_size
-            or (
-                # A saturated dispatcher cannot send more: only a full intake is news then.
-                not self._saturated
-                and (
-                    len(intake) + len(self._pending) >= self.max_batch_size
-                    or self._pending_bytes >= self.max_batch_bytes
-                )
-            )
+        self._pending_bytes = pending_bytes
+        if (
+            (queued >= self.max_batch_size - 1 or pending_bytes >= self.max_batch_bytes)
+            and not self._wake_armed
+            # A saturated dispatcher cannot send more: only a full intake is news then.
+            and (len(intake) >= self.max_batch_size or not self._saturated)
         ):
             self._wake_armed = True
             self._wake.set()
@@ -468,46 +509,43 @@ class UpsertQueue:
             return
         self._intake = []
         seq = self._submitted - len(intake)
-        winners: dict[_Key, list[Any]] = {}  # key -> [item, snapshot, size, first seq]
+        winners: dict[_Key, tuple[_Intake, int]] = {}  # key -> (record, first seq)
         coalesced = 0
-        for item, snapshot, size in intake:
+        pending_bytes = self._pending_bytes
+        for record in intake:
             seq += 1
-            self._pending_bytes -= size
-            key = (item.trace_id, item.id)
+            pending_bytes -= record[_SIZE]
+            key = (record[0], record[1])
             winner = winners.get(key)
             if winner is None:
-                winners[key] = [item, snapshot, size, seq]
+                winners[key] = (record, seq)
                 continue
             coalesced += 1
-            if item.end_timestamp is not None or winner[0].end_timestamp is None:
+            if record[2] is not None or winner[0][2] is None:
                 # Completed beats in-progress, otherwise the later wins.
-                winner[0], winner[1], winner[2] = item, snapshot, size
+                winners[key] = (record, winner[1])
+        self._pending_bytes = pending_bytes
         self._coalesced += coalesced
         created = self._intake_since
-        for key, (item, snapshot, _, first_seq) in winners.items():
-            self._add(key, item, snapshot, first_seq, created)
+        add = self._add
+        for key, (record, first_seq) in winners.items():
+            add(key, record, first_seq, created)
 
     def _add(
-        self,
-        key: _Key,
-        item: SpanItem,
-        snapshot: Snapshot | None,
-        seq: int,
-        created: float,
-        data: bytes | None = None,
+        self, key: _Key, record: _Intake, seq: int, created: float, data: bytes | None = None
     ) -> None:
         """Merge an absorbed item into the pending map (encoding it unless ``data`` is given).
 
         Pending entries count their exact encoded size in ``pending_bytes``.
         """
-        completed = item.end_timestamp is not None
+        completed = record[2] is not None
         entry = self._pending.get(key)
         if entry is not None:
             self._coalesced += 1
             if entry.completed and not completed:
                 return  # a completed version beats this in-progress one
             if data is None:
-                data = self._encode(key, item, snapshot, seq)
+                data = self._encode(key, record, seq)
             if data is None:
                 self._coalesced -= 1  # counted as dropped instead
                 return
@@ -523,7 +561,7 @@ class UpsertQueue:
             self._coalesced += 1
             return
         if data is None:
-            data = self._encode(key, item, snapshot, seq)
+            data = self._encode(key, record, seq)
         if data is None:
             return
         self._pending[key] = _Entry(key, data, len(data), completed, seq, created)
@@ -531,20 +569,19 @@ class UpsertQueue:
         if not completed:
             self._pending_starts[key] = None
 
-    def _encode(
-        self, key: _Key, item: SpanItem, snapshot: Snapshot | None, seq: int
-    ) -> bytes | None:
+    def _encode(self, key: _Key, record: _Intake, seq: int) -> bytes | None:
         try:
-            return _kept(encode_snapshot(item, snapshot, self._redact))
+            return _encode_record(record, self._redact)
         except Exception as exc:
-            # Validated at submit, so this is a bug or an exotic subclass: lose this item,
-            # counted and reported, never the dispatcher.
+            # A SpanItem was validated at submit, so this is a bug, an exotic subclass or
+            # a bad ``submit_prepared`` field: lose this item, counted and reported, never
+            # the dispatcher.
             logger.exception("could not encode a span item; it is dropped")
-            shed = _Entry(key, b"{}", 0, item.end_timestamp is not None, seq, 0.0)
+            shed = _Entry(key, b"{}", 0, record[2] is not None, seq, 0.0)
             self._drop([shed], DropReason.REJECTED, exc, pending=True)
             return None
 
-    def _submit_when_full(self, item: SpanItem, snapshot: Snapshot | None, size: int) -> None:
+    def _submit_when_full(self, record: _Intake) -> None:
         """The slow path of ``submit`` once memory looks full: coalesce, measure, then shed.
 
         The intake is folded in first (merging starts with their ends, and exact sizes
@@ -553,19 +590,19 @@ class UpsertQueue:
         sees the accounting identity hold.
         """
         self._absorb_intake()
-        key = (item.trace_id, item.id)
-        completed = item.end_timestamp is not None
+        key = (record[0], record[1])
+        completed = record[2] is not None
         try:
-            data = _kept(encode_snapshot(item, snapshot, self._redact))
-        except Exception:  # pragma: no cover - validated at submit; see _encode
+            data: bytes | None = _encode_record(record, self._redact)
+        except Exception:  # encoded again (and reported) by _add; see _encode
             data = None
-        exact = size if data is None else len(data)
+        exact = record[_SIZE] if data is None else len(data)
         merges = key in self._pending or (
             not completed and (self._completed_in_flight(key) or key in self._completed_keys)
         )
         if merges or self._make_room(completed, exact):
             self._submitted += 1
-            self._add(key, item, snapshot, self._submitted, time.monotonic(), data)
+            self._add(key, record, self._submitted, time.monotonic(), data)
             return
         self._submitted += 1
         reason = DropReason.QUEUE_FULL if completed else DropReason.SHED_START

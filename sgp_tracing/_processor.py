@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import reprlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timezone
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -30,7 +30,7 @@ from sgp_client import (
 )
 
 from ._coerce import PayloadFitter, fix_str, to_json_safe
-from ._items import MAX_ID_BYTES, id_problem, make_item, payloads_fit
+from ._items import MAX_ID_BYTES, UNFIT, encode_payloads, id_problem, make_item, payloads_fit
 from ._ratelimit import RateLimitedLog, logger
 from ._span import Span
 
@@ -127,6 +127,7 @@ class SGPTracingProcessor:
         "_fitter",
         "_log",
         "_max_bytes",
+        "_prepared",
         "_submit",
     )
 
@@ -144,6 +145,11 @@ class SGPTracingProcessor:
         if default_type is not None and default_type not in SPAN_TYPES:
             raise ValueError(f"default_type {default_type!r} is not a known span type")
         self._submit = sink.submit  # bound once: one attribute lookup fewer per event
+        # A sink that takes pre-checked fields (UpsertQueue.submit_prepared) gets them: no
+        # SpanItem built, and the payloads encoded once (the encode that checks their size
+        # is the queue's snapshot).
+        prepared = getattr(sink, "submit_prepared", None)
+        self._prepared: Callable[..., None] | None = prepared if callable(prepared) else None
         self._default_type = default_type
         self._fitter = PayloadFitter(max_payload_bytes)
         self._max_bytes = max_payload_bytes
@@ -194,25 +200,39 @@ class SGPTracingProcessor:
                 and (inp is None or type(inp) is dict)
                 and (out is None or type(out) is dict)
                 and (meta is None or type(meta) is dict)
-                and (
-                    (inp is None and out is None and meta is None)
-                    or payloads_fit(inp, out, meta, self._max_bytes)
-                )
             ):
-                item = make_item(
-                    name,
-                    tid,
-                    sid,
-                    pid,
-                    None,
-                    start,
-                    None,
-                    None,
-                    kind if kind is not None else self._default_type,
-                    inp,
-                    out,
-                    meta,
-                )
+                prepared = self._prepared
+                if prepared is not None:
+                    content = encode_payloads(inp, out, meta, self._max_bytes)
+                    if content is not UNFIT:
+                        kind = kind if kind is not None else self._default_type
+                        try:
+                            prepared(tid, sid, pid, name, start, None, None, kind, content)
+                        except Exception as exc:  # the sink's problem, never the caller's
+                            self._sink_failed(exc, span, completed=False)
+                        return
+                    item = self._slow_item(span, completed=False, force=False)
+                elif (inp is None and out is None and meta is None) or payloads_fit(
+                    inp, out, meta, self._max_bytes
+                ):
+                    item = make_item(
+                        name,
+                        tid,
+                        sid,
+                        pid,
+                        None,
+                        start,
+                        None,
+                        None,
+                        kind if kind is not None else self._default_type,
+                        inp,
+                        out,
+                        meta,
+                    )
+                else:
+                    item = self._slow_item(span, completed=False, force=False)
+                if item is None:
+                    return
             else:
                 item = self._slow_item(span, completed=False, force=False)
                 if item is None:
@@ -266,25 +286,40 @@ class SGPTracingProcessor:
                 and (inp is None or type(inp) is dict)
                 and (out is None or type(out) is dict)
                 and (meta is None or type(meta) is dict)
-                and (
-                    (inp is None and out is None and meta is None)
-                    or payloads_fit(inp, out, meta, self._max_bytes)
-                )
             ):
-                item = make_item(
-                    name,
-                    tid,
-                    sid,
-                    pid,
-                    None,
-                    start,
-                    end,
-                    status if status is not None else "SUCCESS",
-                    kind if kind is not None else self._default_type,
-                    inp,
-                    out,
-                    meta,
-                )
+                prepared = self._prepared
+                if prepared is not None:
+                    content = encode_payloads(inp, out, meta, self._max_bytes)
+                    if content is not UNFIT:
+                        status = status if status is not None else "SUCCESS"
+                        kind = kind if kind is not None else self._default_type
+                        try:
+                            prepared(tid, sid, pid, name, start, end, status, kind, content)
+                        except Exception as exc:  # the sink's problem, never the caller's
+                            self._sink_failed(exc, span, completed=True)
+                        return
+                    item = self._slow_item(span, completed=True, force=False)
+                elif (inp is None and out is None and meta is None) or payloads_fit(
+                    inp, out, meta, self._max_bytes
+                ):
+                    item = make_item(
+                        name,
+                        tid,
+                        sid,
+                        pid,
+                        None,
+                        start,
+                        end,
+                        status if status is not None else "SUCCESS",
+                        kind if kind is not None else self._default_type,
+                        inp,
+                        out,
+                        meta,
+                    )
+                else:
+                    item = self._slow_item(span, completed=True, force=False)
+                if item is None:
+                    return
             else:
                 item = self._slow_item(span, completed=True, force=False)
                 if item is None:
@@ -317,6 +352,7 @@ class SGPTracingProcessor:
         """Stop submitting; later events are dropped (``shutdown``). The sink is not closed:
         whoever opened it (``async with UpsertQueue(...)``) owns its lifecycle."""
         self._submit = self._closed
+        self._prepared = None  # so every event reaches _closed
 
     # -- the slow path ------------------------------------------------------------------
 

@@ -2,8 +2,11 @@
 
 ``RecordingSink`` encodes every item with the client's own encoder (so anything the queue
 would refuse is refused here too, with the same ``InvalidSpanError``), re-validates it, and
-keeps the decoded JSON without its nulls. ``spans()`` merges the records the way the server does
-(completed beats in-progress, otherwise the later one wins). ``violations`` lists broken
+keeps the decoded JSON without its nulls. Like ``UpsertQueue`` it takes items both ways:
+``submit(item)`` and ``submit_prepared(...)`` (the processor's fast path); with
+``prepared=False`` it offers ``submit`` only, as a third-party sink would. ``spans()`` merges
+the records the way the server does (completed beats in-progress, otherwise the later one
+wins). ``violations`` lists broken
 invariants instead of raising, because a processor would swallow the exception.
 """
 
@@ -16,18 +19,24 @@ import orjson
 
 from sgp_client import SpanItem
 from sgp_client._models import validate_span_item
-from sgp_client._serialization import encode_item
+from sgp_client._serialization import encode_fields, encode_item
 
 __all__ = ["RecordingSink"]
 
 
 class RecordingSink:
-    """Keeps every submitted item as decoded JSON; ``fail_with`` makes ``submit`` raise."""
+    """Keeps every submitted item as decoded JSON; ``fail_with`` makes submitting raise."""
 
-    def __init__(self, *, fail_with: Exception | None = None) -> None:
+    #: The default of ``prepared`` (tests switch it to run a suite through both paths).
+    PREPARED_DEFAULT = True
+
+    def __init__(self, *, fail_with: Exception | None = None, prepared: bool | None = None) -> None:
         self.fail_with = fail_with
         self.records: list[dict[str, Any]] = []
         self.violations: list[str] = []
+        if not (self.PREPARED_DEFAULT if prepared is None else prepared):
+            # Shadowed on the instance: the processor looks it up with getattr.
+            self.__dict__["submit_prepared"] = None
 
     def submit(self, item: SpanItem, /) -> None:
         """Encode, check and record ``item``."""
@@ -38,6 +47,45 @@ class RecordingSink:
             validate_span_item(item)
         except ValueError as exc:
             self.violations.append(f"invalid item {item.id!r}: {exc}")
+        self._record(encoded)
+
+    def submit_prepared(
+        self,
+        trace_id: str,
+        span_id: str,
+        parent_id: str | None,
+        name: str,
+        start: datetime,
+        end: datetime | None,
+        status: str | None,
+        type: str | None,
+        content: bytes | None,
+        /,
+    ) -> None:
+        """``UpsertQueue.submit_prepared``: encode, check (as a ``SpanItem``) and record."""
+        if self.fail_with is not None:
+            raise self.fail_with
+        encoded = encode_fields(
+            trace_id, span_id, parent_id, name, start, end, status, type, content
+        )
+        try:
+            SpanItem(
+                name=name,
+                trace_id=trace_id,
+                id=span_id,
+                parent_id=parent_id,
+                start_timestamp=start,
+                end_timestamp=end,
+                status=status,  # type: ignore[arg-type]
+                type=type,  # type: ignore[arg-type]
+                **(orjson.loads(content) if content is not None else {}),
+            )
+        except (ValueError, TypeError) as exc:
+            # The processor promised checked fields: one that is not is a processor bug.
+            self.violations.append(f"invalid prepared item {span_id!r}: {exc}")
+        self._record(encoded)
+
+    def _record(self, encoded: bytes) -> None:
         # Nulls dropped: the encoder may send "not given" as null or leave the key out, and
         # both mean the same to the API; records compare the same either way.
         record = {k: v for k, v in orjson.loads(encoded).items() if v is not None}

@@ -261,7 +261,7 @@ def test_observability_ids(field: str, good: str, bad: list[str]) -> None:
 # -- encoding -------------------------------------------------------------------------------
 
 
-def test_encoding_sends_unset_fields_as_null() -> None:
+def test_encoding_sends_unset_fields_as_null_and_leaves_out_unset_content() -> None:
     span = item(id="s1")
     data = decoded(span)
     assert {key: value for key, value in data.items() if value is not None} == {
@@ -270,8 +270,13 @@ def test_encoding_sends_unset_fields_as_null() -> None:
         "name": "step",
         "start_timestamp": "2025-03-01T12:00:00.123456+00:00",
     }
-    # Every API field is present, so the server never sees an unknown key.
-    assert set(data) == {field.name for field in attrs.fields(SpanItem)}
+    # Only API fields, never an unknown key; unset content fields are left out entirely
+    # (the content snapshot holds only the set ones).
+    content = {"input", "output", "metadata", "expected"}
+    assert set(data) == {field.name for field in attrs.fields(SpanItem)} - content
+    with_content = decoded(item(id="s2", output={"a": 1}, expected={"b": 2}))
+    assert set(with_content) & content == {"output", "expected"}
+    assert (with_content["output"], with_content["expected"]) == ({"a": 1}, {"b": 2})
 
 
 def test_naive_datetimes_are_sent_as_utc() -> None:
@@ -314,7 +319,7 @@ def test_encoding_full_item_round_trips_values() -> None:
     assert data["status"] == "ERROR"
     assert data["type"] == "CUSTOM"
     assert data["metadata"] == {"k": "v"}
-    assert data["output"] is None
+    assert "output" not in data
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ from sgp_client import (
     QueueStats,
     SpanItem,
     UpsertQueue,
+    encode_content,
 )
 from sgp_client._serialization import encode_item
 from sgp_client.testing import (
@@ -409,6 +410,90 @@ async def test_snapshot_at_submit(client: AsyncSGPClient, control: ServerControl
     assert stored(control)["k"]["input"] == {"question": "what?", "nested": {"n": 1}}
 
 
+async def test_submit_prepared_round_trips_and_coalesces_with_submit(
+    client: AsyncSGPClient, control: ServerControl
+) -> None:
+    end = START + timedelta(seconds=2)
+    queue = make_queue(client, flush_interval=60.0)
+    async with watching(queue), queue:
+        # A start given as fields and its end as a SpanItem (and the other way round) are
+        # one key: they merge into one write, the completed version winning.
+        queue.submit_prepared(
+            "trace-p", "a", None, "step-a", START, None, None, "TOOL",
+            encode_content({"input": {"q": 1}}),
+        )  # fmt: skip
+        queue.submit(span("a", trace="trace-p", end=True, version=2))
+        queue.submit(span("b", trace="trace-p", version=1))
+        queue.submit_prepared(
+            "trace-p", "b", "a", "step-b", START, end, "ERROR", None,
+            encode_content({"input": {"q": 2}, "output": {"a": 3}, "metadata": {"m": 4}}),
+        )  # fmt: skip
+        queue.submit_prepared("trace-p", "c", "a", "step-c", START, None, None, None, None)
+        assert await queue.flush(timeout=5)
+    assert_identity(queue.stats)
+    assert (queue.stats.coalesced, queue.stats.delivered) == (2, 3)
+    rows = stored(control)
+    assert rows["a"]["metadata"] == {"version": 2}
+    assert rows["a"]["end_timestamp"] is not None
+    b = rows["b"]
+    assert (b["parent_id"], b["name"], b["status"]) == ("a", "step-b", "ERROR")
+    assert (b["input"], b["output"], b["metadata"]) == ({"q": 2}, {"a": 3}, {"m": 4})
+    assert datetime.fromisoformat(b["end_timestamp"]) == end
+    c = rows["c"]
+    assert (c["end_timestamp"], c.get("input"), c["status"]) == (None, None, None)
+
+
+async def test_submit_prepared_with_a_bad_field_drops_it_as_rejected(
+    client: AsyncSGPClient, control: ServerControl
+) -> None:
+    # The caller promised checked fields; one that breaks that promise is dropped, counted
+    # and reported, and the rest of its batch is delivered.
+    drops = DropLog()
+    async with make_queue(client, on_drop=drops) as queue:
+        queue.submit_prepared("t", "good", None, "n", START, None, None, None, None)
+        queue.submit_prepared("t", "bad", None, "n", object(), None, None, None, None)  # type: ignore[arg-type]
+        queue.submit_prepared("t", "nul\x00id", None, "n", START, None, None, None, None)
+        assert await queue.flush(timeout=5)
+    assert_identity(queue.stats)
+    assert queue.stats.dropped == {DropReason.REJECTED: 2}
+    assert sorted(drops.ids(DropReason.REJECTED)) == ["bad", "nul\x00id"]
+    assert set(stored(control)) == {"good"}
+    with pytest.raises(QueueNotRunningError):
+        queue.submit_prepared("t", "late", None, "n", START, None, None, None, None)
+
+
+async def test_submit_prepared_is_redacted_field_by_field(app: Starlette) -> None:
+    seen: list[bytes] = []
+
+    def redactor(data: bytes) -> bytes:
+        seen.append(data)
+        return data.replace(b"classified", b"[gone]")
+
+    control = get_control(app)
+    async with (
+        AsyncSGPClient(
+            api_key=DEFAULT_API_KEY,
+            account_id=DEFAULT_ACCOUNT_ID,
+            base_url=BASE_URL,
+            transport=asgi_transport(app),
+            redact=redactor,
+        ) as client,
+        make_queue(client) as queue,
+    ):
+        queue.submit_prepared(
+            "classified-trace", "classified-id", None, "classified name", START, None, None,
+            None, encode_content({"input": {"t": "classified"}, "metadata": {"k": 1}}),
+        )  # fmt: skip
+    [row] = control.store.all_spans()
+    assert (row["trace_id"], row["id"]) == ("classified-trace", "classified-id")
+    assert (row["name"], row["input"], row["metadata"]) == (
+        "[gone] name",
+        {"t": "[gone]"},
+        {"k": 1},
+    )
+    assert sorted(seen) == sorted([b'"classified name"', b'{"t":"classified"}', b'{"k":1}'])
+
+
 # ---------------------------------------------------------------------------- flush triggers
 
 
@@ -543,7 +628,7 @@ async def test_cancelled_bisected_batch_never_settles_a_newer_write_of_its_keys(
     def hold(items: list[dict[str, Any]]) -> bool:
         # The half of the bisected batch holding "bad", and whatever carries the end of "a".
         alone_bad = [item["id"] for item in items] == ["bad"]
-        return alone_bad or any(item["input"] == {"marker": "a-end"} for item in items)
+        return alone_bad or any(item.get("input") == {"marker": "a-end"} for item in items)
 
     held = HoldRequests(app, hold)
     drops = DropLog()

@@ -27,6 +27,9 @@ from sgp_tracing import (
 from sgp_tracing._items import TRUSTED, make_item
 from sgp_tracing.testing import RecordingSink
 
+# Every processor test runs through both of a sink's entry points (see conftest).
+pytestmark = pytest.mark.usefixtures("sink_path")
+
 
 def make_tracer(**options: Any) -> tuple[Tracer, SGPTracingProcessor, RecordingSink]:
     sink = RecordingSink()

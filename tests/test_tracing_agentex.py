@@ -13,6 +13,9 @@ from sgp_tracing import SGPTracingProcessor
 from sgp_tracing.agentex import AgentexTracingProcessor, from_agentex_span
 from sgp_tracing.testing import RecordingSink
 
+# Every processor test runs through both of a sink's entry points (see conftest).
+pytestmark = pytest.mark.usefixtures("sink_path")
+
 
 class AgentexSpan(pydantic.BaseModel):
     """Field for field agentex.types.span.Span (a generated pydantic model)."""

@@ -31,6 +31,9 @@ from sgp_tracing import SGPTracingProcessor, Span, Tracer, to_json_safe
 from sgp_tracing._coerce import CYCLE_MARKER, DEPTH_MARKER
 from sgp_tracing.testing import RecordingSink
 
+# Every processor test runs through both of a sink's entry points (see conftest).
+pytestmark = pytest.mark.usefixtures("sink_path")
+
 
 def processor_and_sink(**options: Any) -> tuple[SGPTracingProcessor, RecordingSink]:
     sink = RecordingSink()
@@ -239,7 +242,7 @@ def test_sink_refusing_the_fast_item_gets_the_converted_one() -> None:
                 raise InvalidSpanError("input", "this sink dislikes the key 'picky'")
             super().submit(item)
 
-    sink = PickySink()
+    sink = PickySink(prepared=False)
     processor = SGPTracingProcessor(sink)
     processor.on_span_end(ended(input={"picky": 1}))
     # The fully converted item still has the key, so it is refused again: dropped, counted.
@@ -254,11 +257,22 @@ def test_sink_refusing_the_fast_item_gets_the_converted_one() -> None:
                 raise InvalidSpanError("input", "try again")
             super().submit(item)
 
-    once = OnceSink()
+    once = OnceSink(prepared=False)
     processor = SGPTracingProcessor(once)
     processor.on_span_end(ended(input={"a": 1}))
     assert processor.stats.coerced.get("resubmitted") == 1
     assert once.ends[0]["input"] == {"a": 1}
+
+    class PickyPreparedSink(RecordingSink):
+        # Refuses the fast path's fields: the converted SpanItem goes to submit instead.
+        def submit_prepared(self, *fields: Any) -> None:
+            raise InvalidSpanError("name", "this sink checks more than the processor")
+
+    picky = PickyPreparedSink(prepared=True)
+    processor = SGPTracingProcessor(picky)
+    processor.on_span_end(ended(input={"a": 2}))
+    assert processor.stats.coerced.get("resubmitted") == 1
+    assert picky.ends[0]["input"] == {"a": 2}
 
 
 def test_sink_not_running_is_counted() -> None:
