@@ -2,8 +2,8 @@
 
 Run: ``.venv/bin/python benchmarks/server_ingest.py [--batches 400] [--concurrency 8]``.
 
-Items have the shape the SDK sends: every field present, unset ones as explicit ``null``,
-timestamps as orjson writes aware datetimes. Two workloads:
+Items are encoded by the SDK's own encoder, in the shape its tracing layer sends (the fields
+it sets, unset content fields left out). Two workloads:
 
 - ``fresh``: a burst of new, completed spans (traces of 10: a root and 9 children).
 - ``pairs``: each span is sent twice, its start (in progress) in one batch and its end
@@ -28,6 +28,8 @@ import httpx
 import orjson
 import psutil
 
+from sgp_client import encode_content
+from sgp_client._serialization import encode_fields, encode_items_body
 from sgp_client.testing import ServerProcess
 
 TRACE_SIZE = 10
@@ -41,27 +43,15 @@ def sdk_item(
     name: str,
     start: datetime,
     end: datetime | None,
-) -> dict[str, Any]:
-    """One item as the SDK encodes it: every field, in its order, unset ones null."""
-    return {
-        "name": name,
-        "trace_id": trace_id,
-        "start_timestamp": start,
-        "id": span_id,
-        "parent_id": parent_id,
-        "group_id": None,
-        "end_timestamp": end,
-        "status": None if end is None else "SUCCESS",
-        "type": None,
-        "input": {"q": "what is the answer " + "x" * 131},
-        "output": None if end is None else {"a": "the answer is " + "y" * 136},
-        "metadata": None,
-        "expected": None,
-        "application_interaction_id": None,
-        "application_variant_id": None,
-        "obs_trace_id": None,
-        "obs_span_id": None,
-    }
+) -> bytes:
+    """One item as the SDK's tracing layer encodes it (``UpsertQueue.submit_prepared``)."""
+    content: dict[str, Any] = {"input": {"q": "what is the answer " + "x" * 131}}
+    if end is not None:
+        content["output"] = {"a": "the answer is " + "y" * 136}
+    status = None if end is None else "SUCCESS"
+    return encode_fields(
+        trace_id, span_id, parent_id, name, start, end, status, None, encode_content(content)
+    )
 
 
 def _spans(count: int, start: datetime) -> list[tuple[str, str, str | None, str, datetime]]:
@@ -79,8 +69,8 @@ def _spans(count: int, start: datetime) -> list[tuple[str, str, str | None, str,
     return spans
 
 
-def _encode(items: list[dict[str, Any]]) -> bytes:
-    return orjson.dumps({"items": items})
+def _encode(items: list[bytes]) -> bytes:
+    return encode_items_body(items)
 
 
 def fresh_bodies(batches: int, batch_size: int) -> tuple[list[bytes], int]:

@@ -702,6 +702,19 @@ def test_sdk_shape_takes_the_fast_paths() -> None:
     assert _spans._quick_batch([open_item], "acct", {}, lambda _a, _i: {}) is not None
 
 
+def test_items_leaving_out_unset_fields_take_the_fast_path_too() -> None:
+    # What the SDK sends: unset content fields left out, and from the tracing layer only
+    # the fields it sets. Stored the same as with explicit nulls.
+    full = [sdk_item(f"{n:032x}", input=None, expected=None) for n in range(3)]
+    lean = [
+        {k: v for k, v in item.items() if not (k in ("input", "expected") or v is None)}
+        for item in copy.deepcopy(full)
+    ]
+    assert _spans._quick_batch(copy.deepcopy(lean), "acct", {}, lambda _a, _i: {}) is not None
+    assert outcome(lean, precise=False) == outcome(full, precise=False)
+    assert outcome(lean, precise=True) == outcome(full, precise=True)
+
+
 def test_dirty_bodies_agree_with_clean_ones() -> None:
     items = [sdk_item(name="plain"), sdk_item("c" * 32, parent_id="a" * 32)]
     assert outcome(items, precise=False, dirty=True) == outcome(items, precise=False)

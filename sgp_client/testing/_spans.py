@@ -332,8 +332,10 @@ def _check_links(
             state[done] = 2
 
 
-# The shape the SDK sends: every field, unset ones as null. An item with exactly these keys
-# takes the fast path of `_quick_check`; anything else goes to `_check_item`.
+# The fields the SDK sends. An item with exactly these keys takes the fast path of
+# `_quick_check`; anything else goes to `_check_item`. A batch whose items leave some of them
+# out (the SDK omits unset content fields, and its tracing layer the fields it never sets)
+# has them filled in as null first, which is what a missing field means to the API.
 SDK_FIELDS = (
     "name", "trace_id", "start_timestamp", "id", "parent_id", "group_id", "end_timestamp",
     "status", "type", "input", "output", "metadata", "expected", "application_interaction_id",
@@ -341,6 +343,11 @@ SDK_FIELDS = (
 )  # fmt: skip
 _sdk_values = operator.itemgetter(*SDK_FIELDS)
 _SDK_LEN = len(SDK_FIELDS)
+_SDK_NULLS: dict[str, Any] = dict.fromkeys(SDK_FIELDS)
+
+
+def _with_sdk_nulls(item: dict[str, Any]) -> dict[str, Any]:
+    return {**_SDK_NULLS, **item}
 _OBJECT_OR_NONE = frozenset({dict, type(None)})
 _STR_OR_NONE = frozenset({str, type(None)})
 _STATUS_OR_NONE = frozenset({*SPAN_STATUSES, None})
@@ -427,8 +434,12 @@ def _quick_batch(
     The checks run column by column with C-level loops (map, set, zip), which costs a
     fraction of a per-item Python check. The items are modified only once all checks pass.
     """
-    if not items or set(map(type, items)) != {dict} or set(map(len, items)) != {_SDK_LEN}:
+    if not items or set(map(type, items)) != {dict}:
         return None
+    if set(map(len, items)) != {_SDK_LEN}:
+        items = list(map(_with_sdk_nulls, items))
+        if set(map(len, items)) != {_SDK_LEN}:  # unknown keys: the precise path drops them
+            return None
     try:
         (
             names, trace_ids, starts, span_ids, parent_ids, group_ids, ends, statuses, types,
@@ -579,7 +590,9 @@ def prepare_items(
     extra = {"account_id": account_id, "object": "span", "created_by": created_by}
     extra_all = {**extra, "input_tokens": None, "output_tokens": None}
     try:
-        for (trace_id, span_id, day), (_, item, start_us, end_us) in chosen.items():
+        for (trace_id, span_id, day), (_, given, start_us, end_us) in chosen.items():
+            # Stored with every field, as the fast path stores them (missing means null).
+            item = given if _SDK_NULLS.keys() <= given.keys() else {**_SDK_NULLS, **given}
             if "input_tokens" in item or "output_tokens" in item:
                 item.update(extra)
                 item.setdefault("input_tokens", None)
