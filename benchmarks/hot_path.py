@@ -3,9 +3,10 @@
     python -m benchmarks.hot_path [--spans N] [--rounds R] [--profile]
 
 Measures the median (and min) µs per span (start and end events, both submitted, no I/O) on
-asyncio and on trio, with (a) a null sink and (b) a sink doing what ``UpsertQueue.submit``
-does (encode the item, insert it in a dict keyed by (trace_id, id), coalescing check) and
-(c) the real ``UpsertQueue`` (its ``submit`` only: the worker runs between rounds), for a
+asyncio and on trio, with (a) a null sink taking the processor's fast path
+(``submit_prepared``): the tracing layer alone, (b) a null sink with ``submit`` only, as a
+third-party sink (a ``SpanItem`` built per event, timestamps converted to datetimes) and
+(c) the real ``UpsertQueue`` (its submit only: the worker runs between rounds), for a
 root span (a new trace each time) and for a child span inside an open trace. Then the cost of
 each piece on its own, to show where the time goes. Compare ratios within one run: the
 machine is shared and noisy.
@@ -29,37 +30,26 @@ from typing import Any
 import anyio
 
 from sgp_client import SpanItem, new_span_id
-from sgp_client._serialization import encode_item
 from sgp_tracing import SGPTracingProcessor, Span, Tracer
-from sgp_tracing._items import make_item, payloads_fit
+from sgp_tracing._items import encode_payloads
+from sgp_tracing._span import RAW_END, RAW_START
 
 
 class NullSink:
-    """Takes items and does nothing: the cost of the tracing layer alone."""
+    """Takes items both ways and does nothing: the cost of the tracing layer alone."""
 
     def submit(self, item: SpanItem, /) -> None:
         pass
 
+    def submit_prepared(self, *fields: object) -> None:
+        pass
 
-class QueueLikeSink:
-    """What the queue's submit does, minus the wake-up of its worker."""
 
-    def __init__(self) -> None:
-        self.pending: dict[tuple[str, str], tuple[bool, bytes]] = {}
-        self.coalesced = 0
+class SubmitOnlySink:
+    """A sink with ``submit`` only, like a third-party one: the processor builds items."""
 
     def submit(self, item: SpanItem, /) -> None:
-        encoded = encode_item(item)
-        key = (item.trace_id, item.id)
-        completed = item.end_timestamp is not None
-        old = self.pending.get(key)
-        if old is not None:
-            self.coalesced += 1
-            if old[0] and not completed:
-                return  # a completed item beats an in-progress one
-        self.pending[key] = (completed, encoded)
-        if len(self.pending) >= 500:
-            self.pending.clear()  # stands in for a flush
+        pass
 
 
 async def _root_spans(tracer: Tracer, n: int) -> float:
@@ -98,8 +88,8 @@ async def _sink(kind: str) -> AsyncIterator[tuple[Any, Callable[[], Awaitable[ob
 
     if kind == "null":
         yield NullSink(), nothing
-    elif kind == "queue-like":
-        yield QueueLikeSink(), nothing
+    elif kind == "submit-only":
+        yield SubmitOnlySink(), nothing
     else:
         # The real UpsertQueue over the in-process server. The span loop never yields, so
         # the queue's worker runs only between rounds: a round measures submit() alone.
@@ -123,7 +113,7 @@ async def _sink(kind: str) -> AsyncIterator[tuple[Any, Callable[[], Awaitable[ob
             yield queue, queue.flush
 
 
-SINKS = ("null", "queue-like", "UpsertQueue")
+SINKS = ("null", "submit-only", "UpsertQueue")
 SHAPES = ("root", "child")
 
 
@@ -166,8 +156,12 @@ def components() -> list[tuple[str, float]]:
     now = datetime.now(UTC)
     sid = new_span_id()
     payload = {"q": "hi"}
-    item = make_item("x", sid, sid, None, None, now, now, "SUCCESS", None, payload, payload, None)
-    span = Span(id=sid, trace_id=sid, name="x", start_time=now, input=payload, end_time=now)
+    started = Span(id=sid, trace_id=sid, name="x", start_time=now, input=payload)
+    ended = Span(id=sid, trace_id=sid, name="x", start_time=now, input=payload, output=payload)
+    RAW_START.__set__(started, time.time_ns())
+    RAW_START.__set__(ended, time.time_ns())
+    RAW_END.__set__(ended, time.time_ns())
+    ended.status = "SUCCESS"
     processor = SGPTracingProcessor(NullSink())
 
     def validated_item() -> SpanItem:
@@ -184,18 +178,15 @@ def components() -> list[tuple[str, float]]:
 
     pieces: list[tuple[str, Callable[[], object]]] = [
         ("new_span_id()", new_span_id),
-        ("datetime.now(UTC)", lambda: datetime.now(UTC)),
-        ("Span(...) (attrs, slots)", lambda: Span(id=sid, trace_id="", name="x", start_time=now)),
-        ("payloads_fit({'q': 'hi'}, ...)", lambda: payloads_fit(payload, payload, None, 1 << 20)),
+        ("time.time_ns()", time.time_ns),
+        ("datetime.now(UTC) (not used)", lambda: datetime.now(UTC)),
         (
-            "make_item (trusted SpanItem)",
-            lambda: make_item(
-                "x", sid, sid, None, None, now, now, "SUCCESS", None, payload, payload, None
-            ),
+            "encode_payloads (the snapshot, end)",
+            lambda: encode_payloads(payload, payload, None, 1 << 20),
         ),
-        ("SpanItem(...) (validating)", validated_item),
-        ("encode_item(end item)", lambda: encode_item(item)),
-        ("processor.on_span_end (null sink)", lambda: processor.on_span_end(span)),
+        ("processor.on_span_start (null sink)", lambda: processor.on_span_start(started)),
+        ("processor.on_span_end (null sink)", lambda: processor.on_span_end(ended)),
+        ("SpanItem(...) (validating, not used)", validated_item),
     ]
     out = []
     for label, fn in pieces:
@@ -206,16 +197,16 @@ def components() -> list[tuple[str, float]]:
 
 
 def profile(backend: str, spans: int) -> str:
-    """cProfile of root spans into the queue-like sink; the top entries by own time."""
-    tracer = Tracer(SGPTracingProcessor(QueueLikeSink()))
+    """cProfile of root spans into the null sink; the top entries by own time."""
+    tracer = Tracer(SGPTracingProcessor(NullSink()))
     profiler = cProfile.Profile()
 
-    async def main() -> None:
+    async def run() -> None:
         profiler.enable()
         await _root_spans(tracer, spans)
         profiler.disable()
 
-    anyio.run(main, backend=backend)
+    anyio.run(run, backend=backend)
     stream = io.StringIO()
     pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(14)
     return stream.getvalue()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timezone
 from itertools import count
 from typing import Any, Final, Literal, TypeAlias, get_args
@@ -73,16 +73,23 @@ MAX_ID_BYTES: Final = 256
 _OBS_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _OBS_SPAN_ID = re.compile(r"[0-9a-f]{16}")
 
-# A random 64-bit process prefix plus a counter: unique across processes without the ~2 us
-# that uuid4() costs on the hot path. Reseeded after fork so parent and child never collide.
-_id_counter = count()
-_id_prefix = os.urandom(8).hex()
+
+# A random 64-bit process prefix plus a 64-bit counter, as one 128-bit counter: unique across
+# processes without the ~2 us that uuid4() costs on the hot path, and ``hex()`` of one int is
+# the cheapest formatting (0.15 us against 0.23 for an f-string of prefix and counter). The
+# prefix has its top bit set, so every id has exactly 32 digits. Reseeded after fork, so
+# parent and child never collide.
+def _seeded_counter() -> Iterator[int]:
+    prefix = int.from_bytes(os.urandom(8), "big") | (1 << 63)
+    return count(prefix << 64)
+
+
+_next_id = _seeded_counter().__next__
 
 
 def _reseed_ids() -> None:
-    global _id_counter, _id_prefix
-    _id_counter = count()
-    _id_prefix = os.urandom(8).hex()
+    global _next_id
+    _next_id = _seeded_counter().__next__
 
 
 os.register_at_fork(after_in_child=_reseed_ids)
@@ -90,7 +97,7 @@ os.register_at_fork(after_in_child=_reseed_ids)
 
 def new_span_id() -> str:
     """A fresh 32-hex-digit span id, unique across processes."""
-    return f"{_id_prefix}{next(_id_counter):016x}"
+    return hex(_next_id())[2:]
 
 
 def _check_id(field: str, value: object, *, required: bool) -> None:

@@ -410,8 +410,8 @@ class UpsertQueue:
         span_id: str,
         parent_id: str | None,
         name: str,
-        start: datetime,
-        end: datetime | None,
+        start: datetime | int,
+        end: datetime | int | None,
         status: str | None,
         type: str | None,
         content: Content | None,
@@ -420,7 +420,9 @@ class UpsertQueue:
 
         The fields of a ``SpanItem`` without group, expected or application ids; ``content``
         is ``encode_content({"input": ..., "output": ..., "metadata": ...})`` of the set ones,
-        encoded by the caller when the span event happened (the snapshot). Nothing is
+        encoded by the caller when the span event happened (the snapshot). A timestamp may
+        be an int of nanoseconds since the epoch, UTC (``time.time_ns()``): it is formatted
+        when the item is sent, to the microsecond. Nothing is
         validated here: that is the point (no ``SpanItem`` is built, nothing encoded twice).
         An item that turns out not to encode, or that the server refuses, is dropped and
         counted as ``rejected`` like any other.

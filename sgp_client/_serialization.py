@@ -168,26 +168,45 @@ def encode_snapshot(
     return encode_head(item_head(item), content, redact)
 
 
+# The last second formatted by format_ns: items of a burst share it. One tuple, replaced
+# whole, so concurrent threads can only miss the cache, never see half of it.
+_second_prefix: tuple[int, str] = (0, "1970-01-01T00:00:00")
+
+
+def format_ns(ns: int) -> str:
+    """ISO 8601 of ``ns`` nanoseconds since the epoch in UTC, to the microsecond (floored)."""
+    global _second_prefix
+    seconds, rest = divmod(ns, 1_000_000_000)
+    cached_second, prefix = _second_prefix
+    if seconds != cached_second:
+        prefix = datetime.fromtimestamp(seconds, UTC).isoformat()[:-6]  # without "+00:00"
+        _second_prefix = (seconds, prefix)
+    return f"{prefix}.{rest // 1000:06d}+00:00"
+
+
 def encode_fields(
     trace_id: str,
     span_id: str,
     parent_id: str | None,
     name: str,
-    start: datetime,
-    end: datetime | None,
+    start: datetime | int,
+    end: datetime | int | None,
     status: str | None,
     kind: str | None,
     content: Content | None,
     redact: Redactor | None = None,
 ) -> bytes:
-    """Encode an item given as its fields (``UpsertQueue.submit_prepared``)."""
+    """Encode an item given as its fields (``UpsertQueue.submit_prepared``).
+
+    A timestamp may be an int: nanoseconds since the epoch, UTC (``time.time_ns()``).
+    """
     head = {
         "name": name,
         "trace_id": trace_id,
         "id": span_id,
         "parent_id": parent_id,
-        "start_timestamp": start,
-        "end_timestamp": end,
+        "start_timestamp": format_ns(start) if type(start) is int else start,
+        "end_timestamp": format_ns(end) if type(end) is int else end,
         "status": status,
         "type": kind,
     }

@@ -32,7 +32,7 @@ from sgp_client import (
 from ._coerce import PayloadFitter, fix_str, to_json_safe
 from ._items import MAX_ID_BYTES, UNFIT, encode_payloads, id_problem, make_item, payloads_fit
 from ._ratelimit import RateLimitedLog, logger
-from ._span import Span
+from ._span import RAW_END, RAW_START, Span
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
@@ -51,6 +51,8 @@ ERROR_METADATA_KEY: Final = "__error__"
 #: Metadata key keeping a span type the API does not know (the item says ``CUSTOM``).
 ORIGINAL_TYPE_METADATA_KEY: Final = "__span_type__"
 _MAX_NAME_CHARS: Final = 4096
+_raw_start = RAW_START.__get__
+_raw_end = RAW_END.__get__
 
 
 class SpanSink(Protocol):
@@ -169,7 +171,9 @@ class SGPTracingProcessor:
         item: SpanItem | None
         try:
             sid, tid, pid = span.id, span.trace_id, span.parent_id
-            name, start, kind = span.name, span.start_time, span.type
+            name, kind = span.name, span.type
+            # A tracer's span holds its clock reading as int nanoseconds: passed on as is.
+            start: Any = _raw_start(span) if type(span) is Span else span.start_time
             inp, out, meta = span.input, span.output, span.metadata
             # The usual shape, checked inline on locals; see _items for why this is enough.
             if (
@@ -177,10 +181,16 @@ class SGPTracingProcessor:
                 and 0 < len(sid) <= MAX_ID_BYTES
                 and sid.isascii()
                 and "\x00" not in sid
-                and type(tid) is str
-                and 0 < len(tid) <= MAX_ID_BYTES
-                and tid.isascii()
-                and "\x00" not in tid
+                # A root span's trace id is its own id (the tracer names traces that way).
+                and (
+                    tid is sid
+                    or (
+                        type(tid) is str
+                        and 0 < len(tid) <= MAX_ID_BYTES
+                        and tid.isascii()
+                        and "\x00" not in tid
+                    )
+                )
                 and (
                     pid is None
                     or (
@@ -194,8 +204,10 @@ class SGPTracingProcessor:
                 and type(name) is str
                 and len(name) <= _MAX_NAME_CHARS
                 and name.isascii()
-                and type(start) is datetime
-                and type(start.tzinfo) is timezone
+                and (
+                    type(start) is int
+                    or (type(start) is datetime and type(start.tzinfo) is timezone)
+                )
                 and (kind is None or kind in SPAN_TYPES)
                 and (inp is None or type(inp) is dict)
                 and (out is None or type(out) is dict)
@@ -221,7 +233,7 @@ class SGPTracingProcessor:
                         sid,
                         pid,
                         None,
-                        start,
+                        span.start_time,  # a datetime, converted from the clock if need be
                         None,
                         None,
                         kind if kind is not None else self._default_type,
@@ -250,7 +262,13 @@ class SGPTracingProcessor:
         item: SpanItem | None
         try:
             sid, tid, pid = span.id, span.trace_id, span.parent_id
-            name, start, end, kind = span.name, span.start_time, span.end_time, span.type
+            name, kind = span.name, span.type
+            start: Any
+            end: Any
+            if type(span) is Span:  # clock readings as int nanoseconds, as in on_span_start
+                start, end = _raw_start(span), _raw_end(span)
+            else:
+                start, end = span.start_time, span.end_time
             status = span.status
             inp, out, meta = span.input, span.output, span.metadata
             if (
@@ -258,10 +276,16 @@ class SGPTracingProcessor:
                 and 0 < len(sid) <= MAX_ID_BYTES
                 and sid.isascii()
                 and "\x00" not in sid
-                and type(tid) is str
-                and 0 < len(tid) <= MAX_ID_BYTES
-                and tid.isascii()
-                and "\x00" not in tid
+                # A root span's trace id is its own id (the tracer names traces that way).
+                and (
+                    tid is sid
+                    or (
+                        type(tid) is str
+                        and 0 < len(tid) <= MAX_ID_BYTES
+                        and tid.isascii()
+                        and "\x00" not in tid
+                    )
+                )
                 and (
                     pid is None
                     or (
@@ -276,11 +300,17 @@ class SGPTracingProcessor:
                 and type(name) is str
                 and len(name) <= _MAX_NAME_CHARS
                 and name.isascii()
-                and type(start) is datetime
-                and type(start.tzinfo) is timezone
-                and type(end) is datetime
-                and type(end.tzinfo) is timezone
-                and end >= start
+                and (
+                    (type(start) is int and type(end) is int)
+                    or (
+                        type(start) is datetime
+                        and type(start.tzinfo) is timezone
+                        and type(end) is datetime
+                        and type(end.tzinfo) is timezone
+                    )
+                )
+                # Two ints or two aware datetimes, as just checked.
+                and end >= start  # type: ignore[operator]
                 and (status is None or status in SPAN_STATUSES)
                 and (kind is None or kind in SPAN_TYPES)
                 and (inp is None or type(inp) is dict)
@@ -308,8 +338,8 @@ class SGPTracingProcessor:
                         sid,
                         pid,
                         None,
-                        start,
-                        end,
+                        span.start_time,  # datetimes, converted from the clock if need be
+                        span.end_time,
                         status if status is not None else "SUCCESS",
                         kind if kind is not None else self._default_type,
                         inp,

@@ -5,13 +5,19 @@ A ``Span`` is agentex-like and mutable (the user sets ``span.output`` inside the
 Temporal activity payload or through a pipe; ``Span.from_dict()`` rebuilds it exactly,
 start time included, because the API's identity of a span includes the UTC day of its start:
 a close built from a re-parsed start must carry the very same instant.
+
+A tracer reads the clock as an integer (``time.time_ns()``, a quarter of the cost of
+``datetime.now``) and stores it in the span as is: ``start_time`` and ``end_time`` turn it
+into an aware UTC datetime the first time they are read, and the processor hands the integer
+straight to the queue, which formats it off the hot path. Either way it is the same instant,
+to the microsecond.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
-from typing import Any, Final
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, cast
 
 import attrs
 
@@ -19,7 +25,7 @@ from sgp_client import SPAN_STATUSES
 
 from ._coerce import to_json_safe
 
-__all__ = ["Span", "new_span"]
+__all__ = ["RAW_END", "RAW_START", "Span", "datetime_from_ns", "new_span"]
 
 _REQUIRED_STR: Final = ("id", "trace_id", "name")
 _OPTIONAL_STR: Final = ("parent_id", "group_id", "type", "status")
@@ -161,9 +167,9 @@ def new_span(
     span.id = span_id
     span.trace_id = trace_id
     span.name = name
-    span.start_time = start_time
+    _set_start(span, start_time)  # the slots themselves: the public attributes convert
     span.parent_id = parent_id
-    span.end_time = None
+    _set_end(span, None)
     span.input = input_
     span.output = None
     span.metadata = metadata
@@ -172,3 +178,56 @@ def new_span(
     span.group_id = group_id
     span.error = None
     return span
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def datetime_from_ns(ns: int) -> datetime:
+    """The aware UTC datetime of ``ns`` nanoseconds since the epoch, to the microsecond
+    (floored, as the queue formats it: ``sgp_client``'s encoder of integer timestamps)."""
+    # Exact integer arithmetic (fromtimestamp takes a float and rounds), and the cheapest
+    # of the exact ways measured: 0.4 us, against 1.1 for fromtimestamp(...).replace(...).
+    return _EPOCH + timedelta(0, 0, ns // 1000)
+
+
+class _ClockTime:
+    """A ``Span`` time attribute whose slot may hold a raw clock reading (int nanoseconds).
+
+    Reading converts it once (and stores the datetime); writing stores what is given. The
+    tracer and the processor use the slot itself (``RAW_START``, ``RAW_END``).
+    """
+
+    __slots__ = ("_slot",)
+
+    def __init__(self, slot: Any) -> None:
+        self._slot = slot
+
+    def __get__(self, span: Span | None, owner: type | None = None) -> Any:
+        if span is None:
+            return self
+        value = self._slot.__get__(span, owner)
+        if type(value) is int:
+            value = datetime_from_ns(value)
+            self._slot.__set__(span, value)
+        return value
+
+    def __set__(self, span: Span, value: Any) -> None:
+        self._slot.__set__(span, value)
+
+    def __delete__(self, span: Span) -> None:
+        self._slot.__delete__(span)
+
+
+def _wrap_time_slot(name: str) -> Any:
+    slot = Span.__dict__[name]
+    setattr(Span, name, _ClockTime(slot))
+    return slot
+
+
+#: The slots behind ``Span.start_time`` / ``Span.end_time``: ``RAW_START.__get__(span)`` is
+#: the stored value, possibly an int of nanoseconds; ``RAW_START.__set__(span, ns)`` stores one.
+RAW_START: Final = cast(Any, _wrap_time_slot("start_time"))
+RAW_END: Final = cast(Any, _wrap_time_slot("end_time"))
+_set_start = RAW_START.__set__
+_set_end = RAW_END.__set__

@@ -8,14 +8,16 @@ the ``Span`` itself, which may travel to another process in between.
 
 This is the hot path of the SDK, hence the hand-written ``__aenter__``/``__aexit__`` class
 instead of ``contextlib.asynccontextmanager`` (a generator frame and several extra calls per
-span), bound processor methods resolved once, and ``datetime.now(UTC)`` (the cheapest way to
-the aware datetime the item needs anyway).
+span), bound processor methods resolved once, and the clock read as an integer
+(``time.time_ns()``) and stored in the span as is: ``Span`` converts it to a datetime only if
+someone reads ``start_time`` or ``end_time`` (see ``_span``).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
@@ -29,7 +31,7 @@ from sgp_client import SPAN_STATUSES, new_span_id
 from ._coerce import fix_str
 from ._processor import TracingProcessor
 from ._ratelimit import RateLimitedLog, logger
-from ._span import Span, new_span
+from ._span import RAW_END, RAW_START, Span, new_span
 
 __all__ = ["SpanScope", "Tracer", "current_span", "traced"]
 
@@ -38,6 +40,10 @@ R = TypeVar("R")
 
 _MAX_ERROR_MESSAGE: Final = 4096
 _now = datetime.now
+_time_ns = time.time_ns
+_set_raw_start = RAW_START.__set__
+_get_raw_start = RAW_START.__get__
+_set_raw_end = RAW_END.__set__
 
 # The scope of the innermost span of the current context (None outside any span). A scope,
 # not a span, so ``@traced`` can also find the tracer that opened it.
@@ -76,7 +82,7 @@ class SpanScope:
                 parent_span = parent.span
                 span.trace_id = parent_span.trace_id
                 span.parent_id = parent_span.id
-        span.start_time = _now(UTC)
+        _set_raw_start(span, _time_ns())
         self._token = _current.set(self)
         tracer = self.tracer
         try:
@@ -92,9 +98,17 @@ class SpanScope:
         tb: TracebackType | None,
     ) -> None:
         span = self.span
-        end = _now(UTC)
-        start = span.start_time
-        span.end_time = end if end >= start else start  # the wall clock may step back
+        start = _get_raw_start(span)
+        if type(start) is int:
+            end = _time_ns()
+            _set_raw_end(span, end if end >= start else start)  # the clock may step back
+        else:  # the block replaced start_time (with a datetime, or worse)
+            end_time = _now(UTC)
+            try:
+                later = end_time >= start
+            except Exception:  # naive, or not a time at all: the processor sorts it out
+                later = True
+            span.end_time = end_time if later else start
         if exc is not None:
             record_error(span, exc)
         elif span.status is None:

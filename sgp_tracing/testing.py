@@ -21,6 +21,8 @@ from sgp_client import SpanItem
 from sgp_client._models import validate_span_item
 from sgp_client._serialization import encode_fields, encode_item
 
+from ._span import datetime_from_ns
+
 __all__ = ["RecordingSink"]
 
 
@@ -55,10 +57,10 @@ class RecordingSink:
         span_id: str,
         parent_id: str | None,
         name: str,
-        start: datetime,
-        end: datetime | None,
+        start: datetime | int,
+        end: datetime | int | None,
         status: str | None,
-        type: str | None,
+        kind: str | None,
         content: bytes | None,
         /,
     ) -> None:
@@ -66,7 +68,7 @@ class RecordingSink:
         if self.fail_with is not None:
             raise self.fail_with
         encoded = encode_fields(
-            trace_id, span_id, parent_id, name, start, end, status, type, content
+            trace_id, span_id, parent_id, name, start, end, status, kind, content
         )
         try:
             SpanItem(
@@ -74,10 +76,10 @@ class RecordingSink:
                 trace_id=trace_id,
                 id=span_id,
                 parent_id=parent_id,
-                start_timestamp=start,
-                end_timestamp=end,
+                start_timestamp=datetime_from_ns(start) if isinstance(start, int) else start,
+                end_timestamp=datetime_from_ns(end) if isinstance(end, int) else end,
                 status=status,  # type: ignore[arg-type]
-                type=type,  # type: ignore[arg-type]
+                type=kind,  # type: ignore[arg-type]
                 **(orjson.loads(content) if content is not None else {}),
             )
         except (ValueError, TypeError) as exc:

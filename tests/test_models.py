@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from types import MappingProxyType
@@ -53,6 +54,23 @@ def test_minimal_item_gets_a_fresh_id() -> None:
 def test_new_span_ids_are_unique() -> None:
     ids = {new_span_id() for _ in range(10_000)}
     assert len(ids) == 10_000
+    assert all(len(i) == 32 and set(i) <= set("0123456789abcdef") for i in ids)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_makes_other_ids_than_its_parent() -> None:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, then leave without running pytest's teardown
+        os.write(write_end, " ".join(new_span_id() for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child_ids = set(pipe.read().split())
+    os.waitpid(pid, 0)
+    parent_ids = {new_span_id() for _ in range(100)}
+    assert len(child_ids) == 100
+    assert not child_ids & parent_ids
 
 
 def test_items_are_frozen() -> None:

@@ -13,9 +13,12 @@ import anyio
 import anyio.lowlevel
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import sgp_tracing
 from sgp_client import SpanItem
+from sgp_client._serialization import format_ns
 from sgp_tracing import (
     SGPTracingProcessor,
     Span,
@@ -25,6 +28,7 @@ from sgp_tracing import (
     traced,
 )
 from sgp_tracing._items import TRUSTED, make_item
+from sgp_tracing._span import RAW_START, datetime_from_ns
 from sgp_tracing.testing import RecordingSink
 
 # Every processor test runs through both of a sink's entry points (see conftest).
@@ -416,6 +420,70 @@ def test_batch_methods_and_shutdown() -> None:
     processor.on_span_end(spans[0])
     assert len(sink.records) == 6
     assert processor.stats.dropped == {"shutdown": 1}
+
+
+# -- clock readings: int nanoseconds until read ----------------------------------------
+
+
+@given(st.integers(min_value=0, max_value=2**62))
+def test_the_queue_formats_a_clock_reading_as_the_span_reads_it(ns: int) -> None:
+    # Two conversions of one reading, one per side of the fast path: they must agree to the
+    # microsecond, or a span's start would not be the start the server stores.
+    assert datetime.fromisoformat(format_ns(ns)) == datetime_from_ns(ns)
+    assert datetime_from_ns(ns).tzinfo is UTC
+
+
+@pytest.mark.anyio
+async def test_a_tracer_span_reads_as_aware_datetimes_that_round_trip(sink_path: str) -> None:
+    tracer, processor, sink = make_tracer()
+    before = datetime.now(UTC)
+    async with tracer.span("timed") as span:
+        # Still the clock reading, unless a submit-only sink needed a datetime item.
+        assert isinstance(RAW_START.__get__(span), int) is (sink_path == "prepared")
+        await anyio.lowlevel.checkpoint()
+    after = datetime.now(UTC)
+    start, end = span.start_time, span.end_time
+    assert isinstance(start, datetime)
+    assert isinstance(end, datetime)
+    assert start.tzinfo is UTC
+    assert end.tzinfo is UTC
+    assert before - timedelta(milliseconds=1) <= start <= end <= after + timedelta(milliseconds=1)
+    assert RAW_START.__get__(span) is start  # converted once, then kept
+    assert Span.from_dict(span.to_dict()) == span
+    assert Span.from_dict(json.loads(json.dumps(span.to_dict()))) == span
+    record = sink.by_name("timed")
+    assert datetime.fromisoformat(record["start_timestamp"]) == start
+    assert datetime.fromisoformat(record["end_timestamp"]) == end
+    assert_clean(processor, sink)
+
+
+@pytest.mark.anyio
+async def test_times_set_by_hand_mix_with_clock_readings() -> None:
+    tracer, processor, sink = make_tracer()
+    # A start replaced inside the block with a datetime: the end is taken as a datetime too.
+    given_start = datetime.now(UTC) - timedelta(seconds=5)
+    async with tracer.span("restarted") as span:
+        span.start_time = given_start
+    assert span.start_time == given_start
+    assert span.end_time is not None
+    assert span.end_time >= given_start
+    # A clock-read start ended elsewhere with an explicit datetime end.
+    started = tracer.start_span("explicit")
+    RAW_START.__set__(started, 1_700_000_000_123_456_789)
+    tracer.end_span(started, end_time=datetime(2023, 11, 14, 22, 13, 21, tzinfo=UTC))
+    # A naive start set by hand never breaks the block.
+    async with tracer.span("naive") as span:
+        span.start_time = datetime(2025, 1, 1)
+    records = {name: sink.by_name(name) for name in ("restarted", "explicit", "naive")}
+    assert datetime.fromisoformat(records["restarted"]["start_timestamp"]) == given_start
+    explicit = records["explicit"]
+    assert explicit["start_timestamp"] == "2023-11-14T22:13:20.123456+00:00"
+    assert datetime.fromisoformat(explicit["end_timestamp"]) == datetime(
+        2023, 11, 14, 22, 13, 21, tzinfo=UTC
+    )
+    assert records["naive"]["start_timestamp"].startswith("2025-01-01T00:00:00")
+    assert processor.stats.dropped == {}
+    assert sink.violations == []
 
 
 # -- @traced -------------------------------------------------------------------------------

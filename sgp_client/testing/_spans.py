@@ -348,6 +348,8 @@ _SDK_NULLS: dict[str, Any] = dict.fromkeys(SDK_FIELDS)
 
 def _with_sdk_nulls(item: dict[str, Any]) -> dict[str, Any]:
     return {**_SDK_NULLS, **item}
+
+
 _OBJECT_OR_NONE = frozenset({dict, type(None)})
 _STR_OR_NONE = frozenset({str, type(None)})
 _STATUS_OR_NONE = frozenset({*SPAN_STATUSES, None})
