@@ -24,15 +24,7 @@ import orjson
 
 from sgp_client import SpanItem
 
-__all__ = [
-    "MAX_ID_BYTES",
-    "TRUSTED",
-    "UNFIT",
-    "encode_payloads",
-    "id_problem",
-    "make_item",
-    "payloads_fit",
-]
+__all__ = ["MAX_ID_BYTES", "TRUSTED", "id_problem", "make_item", "payloads_fit"]
 
 MAX_ID_BYTES: Final = 256
 # The options the queue encodes with, so "accepted here" means "accepted there".
@@ -152,51 +144,6 @@ def payloads_fit(
         return len(_dumps((input_, output, metadata), option=_DUMPS_OPTIONS)) <= limit
     except Exception:  # refused: cycle, depth, surrogate, unknown type
         return False
-
-
-class _Unfit(bytes):
-    """The type of ``UNFIT``."""
-
-
-#: What ``encode_payloads`` returns for payloads the fast path cannot take.
-UNFIT: Final = _Unfit()
-
-
-def encode_payloads(
-    input_: dict[str, Any] | None,
-    output: dict[str, Any] | None,
-    metadata: dict[str, Any] | None,
-    limit: int,
-) -> bytes | None:
-    """The content snapshot ``UpsertQueue.submit_prepared`` takes, or ``UNFIT``.
-
-    What ``sgp_client.encode_content`` makes, inlined (this runs twice per span): one encode
-    both snapshots the payloads and answers ``payloads_fit``. ``UNFIT`` when orjson refuses
-    them or they take more than ``limit`` bytes together (the slow path then looks at each
-    on its own); None when there are none.
-    """
-    if input_ is None and output is None and metadata is None:
-        return None
-    content: dict[str, Any] = {}
-    if input_ is not None:
-        content["input"] = input_
-    if output is not None:
-        content["output"] = output
-    if metadata is not None:
-        content["metadata"] = metadata
-    try:
-        encoded = _dumps(content, option=_DUMPS_OPTIONS)
-    except Exception:  # refused: cycle, depth, surrogate, unknown type
-        return UNFIT
-    # The keys and braces add at most 32 bytes to what payloads_fit would count.
-    if len(encoded) > limit + 32:
-        return UNFIT
-    # An exactly sized copy, as sgp_client's kept() makes: orjson's own buffer is costly to
-    # keep alive.
-    return _join((encoded, b""))
-
-
-_join = b"".join
 
 
 def id_problem(value: object, *, required: bool) -> str | None:

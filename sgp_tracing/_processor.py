@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timezone
 from typing import Any, Final, Protocol, runtime_checkable
 
 import attrs
+import orjson
 
 from sgp_client import (
     SPAN_STATUSES,
@@ -30,7 +31,7 @@ from sgp_client import (
 )
 
 from ._coerce import PayloadFitter, fix_str, to_json_safe
-from ._items import MAX_ID_BYTES, UNFIT, encode_payloads, id_problem, make_item, payloads_fit
+from ._items import MAX_ID_BYTES, id_problem, make_item, payloads_fit
 from ._ratelimit import RateLimitedLog, logger
 from ._span import RAW_END, RAW_START, Span
 
@@ -52,6 +53,11 @@ ERROR_METADATA_KEY: Final = "__error__"
 ORIGINAL_TYPE_METADATA_KEY: Final = "__span_type__"
 _MAX_NAME_CHARS: Final = 4096
 _raw_start = RAW_START.__get__
+_dumps = orjson.dumps
+_join = b"".join
+_DUMPS_OPTIONS: Final = orjson.OPT_NAIVE_UTC  # what the queue encodes with
+# The content of an event the fast path cannot take (see on_span_start).
+_UNFIT: Final = b"\x00unfit"
 _raw_end = RAW_END.__get__
 
 
@@ -215,8 +221,32 @@ class SGPTracingProcessor:
             ):
                 prepared = self._prepared
                 if prepared is not None:
-                    content = encode_payloads(inp, out, meta, self._max_bytes)
-                    if content is not UNFIT:
+                    # The payloads encoded once, inline (this runs twice per span): the snapshot
+                    # submit_prepared takes, which also answers "does orjson take them, and
+                    # are they within the size limit" (the keys add at most 32 bytes). Else
+                    # the slow path looks at each payload on its own.
+                    content: bytes | None
+                    if inp is None and out is None and meta is None:
+                        content = None
+                    else:
+                        payloads = {}
+                        if inp is not None:
+                            payloads["input"] = inp
+                        if out is not None:
+                            payloads["output"] = out
+                        if meta is not None:
+                            payloads["metadata"] = meta
+                        try:
+                            encoded = _dumps(payloads, option=_DUMPS_OPTIONS)
+                        except Exception:  # refused: cycle, depth, surrogate, unknown type
+                            content = _UNFIT
+                        else:
+                            content = (
+                                _UNFIT
+                                if len(encoded) > self._max_bytes + 32
+                                else _join((encoded, b""))  # an exact-size copy: see kept()
+                            )
+                    if content is not _UNFIT:
                         kind = kind if kind is not None else self._default_type
                         try:
                             prepared(tid, sid, pid, name, start, None, None, kind, content)
@@ -319,8 +349,27 @@ class SGPTracingProcessor:
             ):
                 prepared = self._prepared
                 if prepared is not None:
-                    content = encode_payloads(inp, out, meta, self._max_bytes)
-                    if content is not UNFIT:
+                    if inp is None and out is None and meta is None:  # as in on_span_start
+                        content = None
+                    else:
+                        payloads = {}
+                        if inp is not None:
+                            payloads["input"] = inp
+                        if out is not None:
+                            payloads["output"] = out
+                        if meta is not None:
+                            payloads["metadata"] = meta
+                        try:
+                            encoded = _dumps(payloads, option=_DUMPS_OPTIONS)
+                        except Exception:  # refused: cycle, depth, surrogate, unknown type
+                            content = _UNFIT
+                        else:
+                            content = (
+                                _UNFIT
+                                if len(encoded) > self._max_bytes + 32
+                                else _join((encoded, b""))
+                            )
+                    if content is not _UNFIT:
                         status = status if status is not None else "SUCCESS"
                         kind = kind if kind is not None else self._default_type
                         try:
