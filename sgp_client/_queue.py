@@ -529,9 +529,20 @@ class UpsertQueue:
         self._pending_bytes = pending_bytes
         self._coalesced += coalesced
         created = self._intake_since
-        add = self._add
+        pending, in_flight, completed_keys = self._pending, self._in_flight, self._completed_keys
         for key, (record, first_seq) in winners.items():
-            add(key, record, first_seq, created)
+            completed = record[2] is not None
+            if key in pending or (not completed and (key in in_flight or key in completed_keys)):
+                self._add(key, record, first_seq, created)  # merges with what is known of it
+                continue
+            # A key seen for the first time (the usual case in a burst): _add's last step.
+            data = self._encode(key, record, first_seq)
+            if data is None:
+                continue
+            pending[key] = _Entry(key, data, len(data), completed, first_seq, created)
+            self._pending_bytes += len(data)
+            if not completed:
+                self._pending_starts[key] = None
 
     def _add(
         self, key: _Key, record: _Intake, seq: int, created: float, data: bytes | None = None

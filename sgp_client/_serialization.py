@@ -168,20 +168,24 @@ def encode_snapshot(
     return encode_head(item_head(item), content, redact)
 
 
-# The last second formatted by format_ns: items of a burst share it. One tuple, replaced
-# whole, so concurrent threads can only miss the cache, never see half of it.
-_second_prefix: tuple[int, str] = (0, "1970-01-01T00:00:00")
+# format_ns caches the text of the last millisecond it formatted (items of a burst share it),
+# as one tuple replaced whole, so concurrent threads can only miss the cache, never see half
+# of it; the microseconds within come from a table of the 1000 endings.
+_millisecond_text: tuple[int, str] = (-1, "")
+_MICROSECOND_ENDINGS: Final = tuple(f"{n:03d}+00:00" for n in range(1000))
 
 
 def format_ns(ns: int) -> str:
     """ISO 8601 of ``ns`` nanoseconds since the epoch in UTC, to the microsecond (floored)."""
-    global _second_prefix
-    seconds, rest = divmod(ns, 1_000_000_000)
-    cached_second, prefix = _second_prefix
-    if seconds != cached_second:
-        prefix = datetime.fromtimestamp(seconds, UTC).isoformat()[:-6]  # without "+00:00"
-        _second_prefix = (seconds, prefix)
-    return f"{prefix}.{rest // 1000:06d}+00:00"
+    global _millisecond_text
+    millisecond, microseconds = divmod(ns // 1000, 1000)
+    cached, text = _millisecond_text
+    if millisecond != cached:
+        seconds, milliseconds = divmod(millisecond, 1000)
+        second = datetime.fromtimestamp(seconds, UTC).isoformat()[:-6]  # without "+00:00"
+        text = f"{second}.{milliseconds:03d}"
+        _millisecond_text = (millisecond, text)
+    return text + _MICROSECOND_ENDINGS[microseconds]
 
 
 def encode_fields(
@@ -210,7 +214,14 @@ def encode_fields(
         "status": status,
         "type": kind,
     }
-    return encode_head(head, content, redact)
+    if redact is not None or content is None:
+        return encode_head(head, content, redact)
+    # encode_head without redaction, inlined: the queue's dispatcher runs this per span.
+    try:
+        encoded = orjson.dumps(head, option=_DUMPS_OPTIONS)
+    except (TypeError, ValueError) as exc:
+        raise _encoding_error(head, exc) from None
+    return b"".join((encoded[:-1], b",", content[1:]))
 
 
 def encode_head(head: dict[str, Any], content: Content | None, redact: Redactor | None) -> bytes:
