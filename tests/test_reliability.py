@@ -227,7 +227,11 @@ async def test_fault_matrix_queue_loses_nothing(srv: ServerProcess, name: str) -
     if scenario.max_fault_hits is not None:
         # Retry-After: 1 s for a 1.5 s burst: a few retries, not a retry storm.
         assert server_stats["rejections"].get("429", 0) <= scenario.max_fault_hits, server_stats
-    assert stats.retries >= 1 or name == "latency spikes", stats
+    # A reset on a reused keep-alive connection may be retried once by the client's HTTP
+    # pool (a PUT is idempotent) before the queue sees a failure.
+    assert stats.retries >= 1 or name in ("latency spikes", "connection reset every 2nd request"), (
+        stats
+    )
 
 
 @pytest.mark.anyio
