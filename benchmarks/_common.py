@@ -27,6 +27,7 @@ import anyio.lowlevel
 from benchmarks.peers import OtlpSinkProcess, PeerUnavailable, check_available
 from sgp_client import AsyncSGPClient, QueueStats, SpanItem, UpsertQueue, new_span_id
 from sgp_client.testing import ServerProcess
+from sgp_tracing import SGPTracingProcessor, Tracer
 
 __all__ = [
     "BACKENDS",
@@ -38,6 +39,7 @@ __all__ = [
     "Bench",
     "Row",
     "Sizes",
+    "PRODUCERS",
     "burst_producer",
     "machine_line",
     "new_trace_id",
@@ -308,19 +310,43 @@ def span_items(trace_id: str, i: int) -> tuple[SpanItem, SpanItem]:
     return begin, end
 
 
-async def burst_producer(queue: UpsertQueue, trace_id: str, spans: int) -> float:
-    """Submit `spans` starts and ends, yielding once per span; returns the producer's seconds.
+#: The two producers of the throughput scenarios (see `burst_producer`).
+PRODUCERS = ("tracer", "items")
+
+
+async def burst_producer(
+    queue: UpsertQueue, trace_id: str, spans: int, producer: str = "tracer"
+) -> float:
+    """Produce `spans` spans, yielding once per span; returns the producer's seconds.
 
     The yield sits between a span's start and its end, as in an agent where the span wraps an
     await: the queue's worker gets to run, and may send the start before its end exists.
+
+    - ``tracer``: the SDK as an agent uses it, ``async with tracer.trace(...)`` through
+      `SGPTracingProcessor` (like the peers' runners, which use their own span APIs);
+    - ``items``: the queue's own API, a validated `SpanItem` for the start and one for the
+      end, each passed to ``queue.submit``.
+
+    Both carry the same ~300-byte input and output, fresh for every span.
     """
     checkpoint = anyio.lowlevel.checkpoint
+    if producer == "items":
+        begin = time.perf_counter()
+        for i in range(spans):
+            start, end = span_items(trace_id, i)
+            queue.submit(start)
+            await checkpoint()
+            queue.submit(end)
+        return time.perf_counter() - begin
+    if producer != "tracer":
+        raise ValueError(f"unknown producer {producer!r}; expected one of {PRODUCERS}")
+    tracer = Tracer(SGPTracingProcessor(queue))
+    trace = tracer.trace
     begin = time.perf_counter()
     for i in range(spans):
-        start, end = span_items(trace_id, i)
-        queue.submit(start)
-        await checkpoint()
-        queue.submit(end)
+        async with trace("bench", trace_id=trace_id, input={"q": f"{i:06d}{_FILLER}"}) as span:
+            await checkpoint()
+            span.output = {"a": f"{i:06d}{_FILLER}"}
     return time.perf_counter() - begin
 
 
