@@ -530,19 +530,23 @@ class UpsertQueue:
         self._coalesced += coalesced
         created = self._intake_since
         pending, in_flight, completed_keys = self._pending, self._in_flight, self._completed_keys
+        starts, redact = self._pending_starts, self._redact
         for key, (record, first_seq) in winners.items():
             completed = record[2] is not None
             if key in pending or (not completed and (key in in_flight or key in completed_keys)):
                 self._add(key, record, first_seq, created)  # merges with what is known of it
                 continue
-            # A key seen for the first time (the usual case in a burst): _add's last step.
-            data = self._encode(key, record, first_seq)
-            if data is None:
+            # A key seen for the first time (the usual case in a burst): _add's last step,
+            # with _encode's call inlined.
+            try:
+                data = _encode_record(record, redact)
+            except Exception as exc:
+                self._encoding_failed(key, record, first_seq, exc)
                 continue
             pending[key] = _Entry(key, data, len(data), completed, first_seq, created)
             self._pending_bytes += len(data)
             if not completed:
-                self._pending_starts[key] = None
+                starts[key] = None
 
     def _add(
         self, key: _Key, record: _Intake, seq: int, created: float, data: bytes | None = None
@@ -586,13 +590,16 @@ class UpsertQueue:
         try:
             return _encode_record(record, self._redact)
         except Exception as exc:
-            # A SpanItem was validated at submit, so this is a bug, an exotic subclass or
-            # a bad ``submit_prepared`` field: lose this item, counted and reported, never
-            # the dispatcher.
-            logger.exception("could not encode a span item; it is dropped")
-            shed = _Entry(key, b"{}", 0, record[2] is not None, seq, 0.0)
-            self._drop([shed], DropReason.REJECTED, exc, pending=True)
+            self._encoding_failed(key, record, seq, exc)
             return None
+
+    def _encoding_failed(self, key: _Key, record: _Intake, seq: int, exc: Exception) -> None:
+        # A SpanItem was validated at submit, so this is a bug, an exotic subclass or a bad
+        # ``submit_prepared`` field: lose this item, counted and reported, never the
+        # dispatcher.
+        logger.error("could not encode a span item; it is dropped", exc_info=exc)
+        shed = _Entry(key, b"{}", 0, record[2] is not None, seq, 0.0)
+        self._drop([shed], DropReason.REJECTED, exc, pending=True)
 
     def _submit_when_full(self, record: _Intake) -> None:
         """The slow path of ``submit`` once memory looks full: coalesce, measure, then shed.
@@ -746,23 +753,27 @@ class UpsertQueue:
         batch: list[_Entry] = []
         size = _ENVELOPE_BYTES
         in_flight = self._in_flight
+        max_bytes, max_items = self.max_batch_bytes, self.max_batch_size
         for key, entry in self._pending.items():
             if key in in_flight:
                 continue  # one write per key in flight: this newer version waits
-            entry_size = len(entry.data) + 1  # and its comma
-            if batch and size + entry_size > self.max_batch_bytes:
+            entry_size = entry.size + 1  # and its comma
+            if batch and size + entry_size > max_bytes:
                 break
             batch.append(entry)
             size += entry_size
-            if len(batch) >= self.max_batch_size:
+            if len(batch) >= max_items:
                 break
         pending, starts = self._pending, self._pending_starts
+        taken_bytes = 0
         for entry in batch:
-            del pending[entry.key]
+            key = entry.key
+            del pending[key]
             if not entry.completed:
-                del starts[entry.key]
-            in_flight[entry.key] = entry
-            self._pending_bytes -= entry.size
+                del starts[key]
+            in_flight[key] = entry
+            taken_bytes += entry.size
+        self._pending_bytes -= taken_bytes
         self._in_flight_items += len(batch)
         if batch:
             self._room.set()
@@ -866,19 +877,21 @@ class UpsertQueue:
         self, entries: list[_Entry], reason: str | None, error: BaseException | None
     ) -> None:
         in_flight = self._in_flight
-        for entry in entries:
-            del in_flight[entry.key]
         self._in_flight_items -= len(entries)
         if reason is None:
             self._delivered += len(entries)
             remembered = self._completed_keys
             for entry in entries:
+                key = entry.key
+                del in_flight[key]
                 if entry.completed:
-                    remembered[entry.key] = None
+                    remembered[key] = None
             # Bounded: oldest first out. Only a late start older than this window gets sent.
             while len(remembered) > self.remember_completed:
                 remembered.popitem(last=False)
         else:
+            for entry in entries:
+                del in_flight[entry.key]
             self._drop(entries, reason, error, pending=False)
 
     # ------------------------------------------------------------------ drops
