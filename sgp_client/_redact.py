@@ -5,8 +5,9 @@ A ``Redactor`` takes the JSON encoding of ONE field value (a span's ``name``, ``
 never given ids: an id such as ``"task-0001"`` contains ``sk-`` and must reach the server
 byte for byte.
 
-``redact_credentials`` is the default. It replaces, with ``[REDACTED:credential]`` (the marker
-SGP's own server-side redaction writes):
+``redact_credentials`` is the hook shipped, opt-in (``AsyncSGPClient(redact=...)``; the SGP
+API masks credentials itself, server side). It replaces, with ``[REDACTED:credential]`` (the
+marker SGP's own server-side redaction writes):
 
 - the token of ``Bearer <token>`` (a token of 12 or more characters holding a digit);
 - ``sk-`` style API keys (``sk-``, ``sk-proj-``, ``sk-ant-...``: 20 or more key characters
@@ -22,10 +23,13 @@ The output is always valid JSON when the input is: every pattern matches only ch
 cannot be a quote, a backslash or part of an escape sequence, a key's value is replaced as a
 whole JSON token, and the marker itself needs no escaping.
 
-Cost: it runs for every item the queue sends, so the usual value (no credential) is answered
-by a prefilter: one lowercase copy and a few substring searches for rare fragments (``sk-``,
-``bearer``, ``@``, ``secret``, ``passw``, ``authoriz``, ``token"``, ``key"``). Only a value
-holding one of them goes through the regular expressions.
+Cost: when on, it runs for every item the queue sends, so the usual value (no credential) is
+answered by a prefilter: one lowercase copy and a few substring searches for rare fragments
+(``sk-``, ``bearer``, ``@``, ``secret``, ``passw``, ``authoriz``, ``token"``, ``key"``). Only
+a value holding one of them goes through the regular expressions. Measured: about 3 us per
+span of ~300 bytes of content; multi-character substring search runs at about 1 ns a byte
+here, and neither a single regex nor an Aho-Corasick automaton (pyahocorasick,
+ahocorasick-rs) did better than 1.6 us for the same content.
 """
 
 from __future__ import annotations
