@@ -35,9 +35,14 @@ def test_tiny_burst_delivers_every_span_on_both_backends() -> None:
     rows = collect(["burst"], sizes, with_peers=False, quiet=True)
 
     ours = [row for row in rows if row.system == OURS]
-    assert sorted(row.backend for row in ours) == ["asyncio", "trio"]
+    # Both producers (the tracer, and SpanItems straight into the queue) on both backends.
+    assert sorted((row.scenario, row.backend, row.extra["producer"]) for row in ours) == [
+        ("burst", "asyncio", "tracer"),
+        ("burst", "trio", "tracer"),
+        ("burst-items", "asyncio", "items"),
+        ("burst-items", "trio", "items"),
+    ]
     for row in ours:
-        assert row.scenario == "burst"
         assert row.spans == 500
         assert row.delivered == 500
         assert row.spans_per_s is not None
