@@ -52,13 +52,14 @@ ERROR_METADATA_KEY: Final = "__error__"
 #: Metadata key keeping a span type the API does not know (the item says ``CUSTOM``).
 ORIGINAL_TYPE_METADATA_KEY: Final = "__span_type__"
 _MAX_NAME_CHARS: Final = 4096
+# The stored values behind Span.start_time / end_time (a tracer's int clock readings).
 _raw_start = RAW_START.__get__
+_raw_end = RAW_END.__get__
 _dumps = orjson.dumps
 _join = b"".join
 _DUMPS_OPTIONS: Final = orjson.OPT_NAIVE_UTC  # what the queue encodes with
 # The content of an event the fast path cannot take (see on_span_start).
 _UNFIT: Final = b"\x00unfit"
-_raw_end = RAW_END.__get__
 
 
 class SpanSink(Protocol):
