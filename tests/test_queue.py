@@ -398,6 +398,24 @@ async def test_start_submitted_while_its_end_is_in_flight_is_coalesced(
     assert_identity(queue.stats)
 
 
+async def test_flush_returns_when_what_it_waits_for_merges_away(
+    client: AsyncSGPClient, control: ServerControl
+) -> None:
+    # A late start of a delivered span merges away when the intake is folded in, and no
+    # request is sent: the flush waiting for it must still return (it used to sleep out
+    # its whole timeout, or forever without one).
+    async with make_queue(client, flush_interval=60.0) as queue:
+        queue.submit(span("k", end=True, version=1))
+        assert await queue.flush(timeout=5)
+        queue.submit(span("k", version=2))
+        with anyio.fail_after(5):  # a hang detector, not a speed check
+            assert await queue.flush()
+        assert queue.stats.coalesced == 1
+    assert_identity(queue.stats)
+    assert control.stats()["upsert_requests"] == 1
+    assert stored(control)["k"]["metadata"] == {"version": 1}
+
+
 async def test_snapshot_at_submit(client: AsyncSGPClient, control: ServerControl) -> None:
     payload: dict[str, Any] = {"question": "what?", "nested": {"n": 1}}
     async with make_queue(client, flush_interval=60.0) as queue:
