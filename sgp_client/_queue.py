@@ -474,15 +474,18 @@ class UpsertQueue:
         )
 
     def _enqueue(self, record: _Intake) -> None:
-        # Runs for every item: _is_full is inlined, and the wake-up conditions are only
-        # looked at once a count or byte threshold is reached.
+        # Runs for every item (twice per span): _is_full is inlined, each length is taken
+        # once, and the wake-up conditions are looked at only past a threshold.
         intake = self._intake
-        queued = len(intake) + len(self._pending)
+        in_intake = len(intake)
+        in_pending = len(self._pending)
         pending_bytes = self._pending_bytes + record[_SIZE]
-        if queued >= self.max_pending or (queued and pending_bytes > self.max_pending_bytes):
+        if in_intake + in_pending >= self.max_pending or (
+            pending_bytes > self.max_pending_bytes and (in_intake or in_pending)
+        ):
             self._submit_when_full(record)
             return
-        if not intake:
+        if not in_intake:
             self._intake_since = time.monotonic()
             if self._idle:
                 # The dispatcher sleeps without a deadline: start the flush_interval clock.
@@ -491,16 +494,13 @@ class UpsertQueue:
         intake.append(record)
         self._submitted += 1
         self._pending_bytes = pending_bytes
+        batch = self.max_batch_size
         if (
             # A batch's worth (see _is_due), or its bytes.
-            (
-                len(intake) >= self.max_batch_size
-                or len(self._pending) >= self.max_batch_size
-                or pending_bytes >= self.max_batch_bytes
-            )
+            (in_intake >= batch - 1 or in_pending >= batch or pending_bytes >= self.max_batch_bytes)
             and not self._wake_armed
             # A saturated dispatcher cannot send more: only a full intake is news then.
-            and (len(intake) >= self.max_batch_size or not self._saturated)
+            and (in_intake >= batch - 1 or not self._saturated)
         ):
             self._wake_armed = True
             self._wake.set()
