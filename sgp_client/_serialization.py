@@ -106,8 +106,7 @@ def loads(data: bytes | str) -> Any:
 #: An item's content fields (input, output, metadata, expected: the ones set), encoded
 #: together as one JSON object at submit. Spliced into the item's JSON when it is sent.
 Content = bytes
-_CONTENT_FIELDS: Final = ("input", "output", "metadata", "expected")
-_CONTENT_FIELD_SET: Final = frozenset(_CONTENT_FIELDS)
+_CONTENT_FIELDS: Final = frozenset(("input", "output", "metadata", "expected"))
 
 
 def kept(encoded: bytes) -> bytes:
@@ -158,7 +157,7 @@ def item_head(item: SpanItem) -> dict[str, Any]:
         head = item.__dict__.copy()
         del head["input"], head["output"], head["metadata"], head["expected"]
         return head
-    return {name: getattr(item, name) for name in _FIELD_NAMES if name not in _CONTENT_FIELD_SET}
+    return {name: getattr(item, name) for name in _FIELD_NAMES if name not in _CONTENT_FIELDS}
 
 
 def encode_snapshot(
@@ -214,14 +213,7 @@ def encode_fields(
         "status": status,
         "type": kind,
     }
-    if redact is not None or content is None:
-        return encode_head(head, content, redact)
-    # encode_head without redaction, inlined: the queue's dispatcher runs this per span.
-    try:
-        encoded = orjson.dumps(head, option=_DUMPS_OPTIONS)
-    except (TypeError, ValueError) as exc:
-        raise _encoding_error(head, exc) from None
-    return b"".join((encoded[:-1], b",", content[1:]))
+    return encode_head(head, content, redact)
 
 
 def encode_head(head: dict[str, Any], content: Content | None, redact: Redactor | None) -> bytes:
