@@ -734,7 +734,9 @@ class UpsertQueue:
             elif due:
                 # Everything pending waits on a key in flight: a finished batch unblocks it.
                 await self._wait_wake(math.inf, saturated=True)
-            else:  # what was folded in merged away (late starts of delivered spans)
+            else:
+                # What was folded in merged down to less than a batch (a span's start and
+                # end), or away (late starts of delivered spans).
                 await self._wait_wake(self._time_until_due(), saturated=False)
 
     def _is_due(self) -> bool:
@@ -782,18 +784,11 @@ class UpsertQueue:
         return max(created + self.flush_interval - time.monotonic(), 0.0)
 
     def _take_batch_if_due(self) -> tuple[list[_Entry], bool]:
-        """The next batch to send, if one is due, and whether one was due."""
-        if not self._pending:
-            return [], False
-        oldest = next(iter(self._pending.values()))
-        due = (
-            self._closing
-            or len(self._pending) >= self.max_batch_size
-            or self._pending_bytes >= self.max_batch_bytes
-            or oldest.seq <= self._flush_target
-            or time.monotonic() - oldest.created >= self.flush_interval
-        )
-        if not due:
+        """The next batch to send, if one is due, and whether one was due.
+
+        Called with the intake folded in, so ``_is_due`` looks at the pending map alone.
+        """
+        if not self._is_due():
             return [], False
         batch: list[_Entry] = []
         size = _ENVELOPE_BYTES
