@@ -25,7 +25,14 @@ import anyio
 import anyio.lowlevel
 
 from benchmarks.peers import OtlpSinkProcess, PeerUnavailable, check_available
-from sgp_client import AsyncSGPClient, QueueStats, SpanItem, UpsertQueue, new_span_id
+from sgp_client import (
+    AsyncSGPClient,
+    QueueStats,
+    SpanItem,
+    UpsertQueue,
+    encode_content,
+    new_span_id,
+)
 from sgp_client.testing import ServerProcess
 from sgp_tracing import SGPTracingProcessor, Tracer
 
@@ -310,8 +317,8 @@ def span_items(trace_id: str, i: int) -> tuple[SpanItem, SpanItem]:
     return begin, end
 
 
-#: The two producers of the throughput scenarios (see `burst_producer`).
-PRODUCERS = ("tracer", "items")
+#: The producers of the throughput scenarios (see `burst_producer`).
+PRODUCERS = ("tracer", "items", "prepared")
 
 
 async def burst_producer(
@@ -325,11 +332,27 @@ async def burst_producer(
     - ``tracer``: the SDK as an agent uses it, ``async with tracer.trace(...)`` through
       `SGPTracingProcessor` (like the peers' runners, which use their own span APIs);
     - ``items``: the queue's own API, a validated `SpanItem` for the start and one for the
-      end, each passed to ``queue.submit``.
+      end, each passed to ``queue.submit``;
+    - ``prepared``: the queue's fast API, ``queue.submit_prepared`` with the content
+      snapshot encoded by the producer (``encode_content``), exactly as `SGPTracingProcessor`
+      calls it: the queue's own cost, without the tracer's span objects.
 
-    Both carry the same ~300-byte input and output, fresh for every span.
+    All carry the same ~300-byte input and output, fresh for every span.
     """
     checkpoint = anyio.lowlevel.checkpoint
+    if producer == "prepared":
+        submit = queue.submit_prepared
+        begin = time.perf_counter()
+        for i in range(spans):
+            span_id, started = new_span_id(), time.time_ns()
+            given = {"q": f"{i:06d}{_FILLER}"}
+            content = encode_content({"input": given})
+            submit(trace_id, span_id, None, "bench", started, None, None, None, content)
+            await checkpoint()
+            content = encode_content({"input": given, "output": {"a": f"{i:06d}{_FILLER}"}})
+            ended = time.time_ns()
+            submit(trace_id, span_id, None, "bench", started, ended, "SUCCESS", None, content)
+        return time.perf_counter() - begin
     if producer == "items":
         begin = time.perf_counter()
         for i in range(spans):

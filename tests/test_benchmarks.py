@@ -35,12 +35,14 @@ def test_tiny_burst_delivers_every_span_on_both_backends() -> None:
     rows = collect(["burst"], sizes, with_peers=False, quiet=True)
 
     ours = [row for row in rows if row.system == OURS]
-    # Both producers (the tracer, and SpanItems straight into the queue) on both backends.
+    # Every producer (the tracer, SpanItems into the queue, submit_prepared) on both backends.
     assert sorted((row.scenario, row.backend, row.extra["producer"]) for row in ours) == [
         ("burst", "asyncio", "tracer"),
         ("burst", "trio", "tracer"),
         ("burst-items", "asyncio", "items"),
         ("burst-items", "trio", "items"),
+        ("burst-prepared", "asyncio", "prepared"),
+        ("burst-prepared", "trio", "prepared"),
     ]
     for row in ours:
         assert row.spans == 500

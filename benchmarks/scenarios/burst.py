@@ -3,8 +3,10 @@
 Ours: `UpsertQueue` with default settings, one `anyio.lowlevel.checkpoint()` between each
 span's start and end, produced two ways: ``burst`` through the tracer (``async with
 tracer.trace(...)``, the SDK as an agent uses it, as the peers' runners use their own span
-APIs) and ``burst-items`` straight into the queue (a validated `SpanItem` per start and per
-end, ``queue.submit``). Peers: the same count through their runners, twice: with
+APIs), ``burst-items`` straight into the queue (a validated `SpanItem` per start and per
+end, ``queue.submit``), and ``burst-prepared`` through the queue's fast API
+(``queue.submit_prepared``, as `SGPTracingProcessor` calls it: the queue's own throughput,
+without the tracer's span objects). Peers: the same count through their runners, twice: with
 `time.sleep(0)` per span (scenario ``burst``, the like-for-like comparison: a producer that
 yields once per span) and without (``burst-noyield``: a producer that never lets the peer's
 worker thread in, which shows the loss a per-span yield hides).
@@ -25,6 +27,10 @@ def run(bench: Bench) -> list[Row]:
     rows = [run_burst(bench, backend, spans, scenario="burst") for backend in bench.backends]
     rows += [
         run_burst(bench, backend, spans, scenario="burst-items", producer="items")
+        for backend in bench.backends
+    ]
+    rows += [
+        run_burst(bench, backend, spans, scenario="burst-prepared", producer="prepared")
         for backend in bench.backends
     ]
     for system in (SCALE_GP, OTEL):
