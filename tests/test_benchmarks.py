@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 
 import pytest
 
 from benchmarks.__main__ import collect
 from benchmarks._common import OTEL, OURS, QUICK, SCALE_GP, Row
 from benchmarks._table import RATIO_KEYS, add_ratios, format_table
+from benchmarks.scenarios.burst import median_run
 
 pytest.importorskip("sgp_client.testing")
 
@@ -87,3 +89,26 @@ def test_ratios_favour_ours_above_one() -> None:
     assert rows[0].extra[RATIO_KEYS[OTEL]] is None  # no such peer row in this run
     assert rows[2].extra[RATIO_KEYS[OTEL]] == pytest.approx(2.0)
     assert "3.00x" in format_table(rows)
+
+
+def test_median_run_reports_the_median_but_never_hides_a_loss() -> None:
+    def rows(*runs: tuple[float, int]) -> Iterator[Row]:
+        for spans_per_s, delivered in runs:
+            yield Row(
+                scenario="burst",
+                system=OURS,
+                backend="asyncio",
+                spans=100,
+                delivered=delivered,
+                spans_per_s=spans_per_s,
+            )
+
+    complete = rows((300.0, 100), (100.0, 100), (200.0, 100))
+    median = median_run(3, lambda: next(complete))
+    assert (median.spans_per_s, median.extra["runs_spans_per_s"]) == (200.0, [300, 100, 200])
+    assert median.notes[0] == "median of 300, 100, 200 spans/s"
+
+    lossy = rows((300.0, 100), (100.0, 90), (200.0, 95))
+    worst = median_run(3, lambda: next(lossy))
+    assert (worst.spans_per_s, worst.delivered) == (100.0, 90)
+    assert worst.notes[0].startswith("worst of")
