@@ -514,34 +514,18 @@ class UpsertQueue:
         in_intake = len(intake)
         in_pending = len(self._pending)
         pending_bytes = self._pending_bytes + record[_SIZE]
-        replaces = False
-        if in_intake and record[2] is not None:
-            last = intake[-1]
-            # The end of the span whose start was the last item submitted (a span around
-            # one await: the usual case) takes that start's place at once, while both are
-            # in the CPU's cache: the start is never folded, encoded or sent. The fold
-            # would merge them the same way, later and for more.
-            if last[2] is None and last[1] == record[1] and last[0] == record[0]:
-                replaces = True
-                in_intake -= 1
-                pending_bytes -= last[_SIZE]
         if in_intake + in_pending >= self.max_pending or (
             pending_bytes > self.max_pending_bytes and (in_intake or in_pending)
         ):
             self._submit_when_full(record)
             return
-        if replaces:
-            intake[-1] = record
-            self._coalesced += 1
-        else:
-            if not in_intake:
-                self._intake_since = time.monotonic()
-                if self._idle:
-                    # The dispatcher sleeps without a deadline: start the flush_interval
-                    # clock.
-                    self._idle = False
-                    self._wake.set()
-            intake.append(record)
+        if not in_intake:
+            self._intake_since = time.monotonic()
+            if self._idle:
+                # The dispatcher sleeps without a deadline: start the flush_interval clock.
+                self._idle = False
+                self._wake.set()
+        intake.append(record)
         self._submitted += 1
         self._pending_bytes = pending_bytes
         batch = self.max_batch_size

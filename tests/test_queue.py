@@ -351,40 +351,6 @@ async def test_start_and_end_meeting_in_the_queue_go_out_as_one_item(
     )
 
 
-async def test_an_end_right_after_its_start_replaces_it_at_submit(
-    client: AsyncSGPClient, control: ServerControl
-) -> None:
-    # The end of the span just started takes its start's place, counted as merged at once
-    # (before, both waited in the intake until a batch was due).
-    for settings in ({}, {"max_pending": 1}):  # one slot is enough: nothing is shed
-        queue = make_queue(client, flush_interval=60.0, **settings)
-        async with watching(queue), queue:
-            queue.submit(span("a", version=1))
-            queue.submit(span("a", end=True, version=2))
-            assert (queue.stats.pending, queue.stats.coalesced) == (1, 1)
-            assert_identity(queue.stats)
-            assert await queue.flush(timeout=5)
-        assert queue.stats.dropped == {}
-        assert stored(control)["a"]["metadata"] == {"version": 2}
-
-    # Not the last item submitted, or the same id in another trace: no merge at submit (the
-    # first one merges when the intake is folded in, the second never does).
-    queue = make_queue(client, flush_interval=60.0)
-    async with watching(queue), queue:
-        queue.submit(span("b", version=1))
-        queue.submit(span("c", version=1))
-        queue.submit(span("b", end=True, version=2))
-        queue.submit(span("c", trace="trace-2", end=True, version=2))
-        assert (queue.stats.pending, queue.stats.coalesced) == (4, 0)
-        assert await queue.flush(timeout=5)
-        assert_identity(queue.stats)
-    assert queue.stats.coalesced == 1
-    by_key = {(s["trace_id"], s["id"]): s for s in control.store.all_spans()}
-    assert by_key["trace-1", "b"]["metadata"] == {"version": 2}
-    assert by_key["trace-1", "c"]["end_timestamp"] is None
-    assert by_key["trace-2", "c"]["end_timestamp"] is not None
-
-
 async def test_completed_beats_in_progress_otherwise_later_wins(
     client: AsyncSGPClient, control: ServerControl
 ) -> None:
