@@ -192,9 +192,6 @@ class _RecentKeys:
     def __contains__(self, key: _Key) -> bool:
         return key in self._newer or key in self._older
 
-    def __len__(self) -> int:
-        return len(self._newer) + len(self._older)
-
     def add_completed(self, entries: list[_Entry]) -> None:
         """Remember the keys of the completed ones among ``entries``."""
         if not self.size:

@@ -416,6 +416,30 @@ async def test_flush_returns_when_what_it_waits_for_merges_away(
     assert stored(control)["k"]["metadata"] == {"version": 1}
 
 
+async def test_late_starts_are_absorbed_for_at_least_the_last_remember_completed_spans(
+    client: AsyncSGPClient, control: ServerControl
+) -> None:
+    async with make_queue(client, remember_completed=2) as queue:
+        for key in "abcde":  # each delivered on its own, oldest first
+            queue.submit(span(key, end=True, version=1))
+            assert await queue.flush(timeout=5)
+        for key in "de":  # late starts of the last two: absorbed, never sent
+            queue.submit(span(key, version=2))
+        assert await queue.flush(timeout=5)
+        assert (queue.stats.coalesced, queue.stats.delivered) == (2, 5)
+    assert_identity(queue.stats)
+    assert control.stats()["items_received"] == 5
+
+    # remember_completed=0 remembers nothing: a late start is sent like any item.
+    async with make_queue(client, remember_completed=0) as queue:
+        queue.submit(span("f", end=True, version=1))
+        assert await queue.flush(timeout=5)
+        queue.submit(span("f", version=2))
+        assert await queue.flush(timeout=5)
+        assert (queue.stats.coalesced, queue.stats.delivered) == (0, 2)
+    assert_identity(queue.stats)
+
+
 async def test_snapshot_at_submit(client: AsyncSGPClient, control: ServerControl) -> None:
     payload: dict[str, Any] = {"question": "what?", "nested": {"n": 1}}
     async with make_queue(client, flush_interval=60.0) as queue:

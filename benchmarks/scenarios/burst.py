@@ -1,7 +1,7 @@
 """burst: 20,000 spans as fast as the producer can make them; delivered and spans/s.
 
 Ours: `UpsertQueue` with default settings, one `anyio.lowlevel.checkpoint()` between each
-span's start and end, produced two ways: ``burst`` through the tracer (``async with
+span's start and end, produced three ways: ``burst`` through the tracer (``async with
 tracer.trace(...)``, the SDK as an agent uses it, as the peers' runners use their own span
 APIs), ``burst-items`` straight into the queue (a validated `SpanItem` per start and per
 end, ``queue.submit``), and ``burst-prepared`` through the queue's fast API
