@@ -182,23 +182,22 @@ class _RecentKeys:
     ``popitem`` per delivered span, a measurable part of the dispatcher's time in a burst.)
     """
 
-    __slots__ = ("_newer", "_older", "size")
+    __slots__ = ("_newer", "_older")
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def __init__(self) -> None:
         self._newer: set[_Key] = set()
         self._older: set[_Key] = set()
 
     def __contains__(self, key: _Key) -> bool:
         return key in self._newer or key in self._older
 
-    def add_completed(self, entries: list[_Entry]) -> None:
-        """Remember the keys of the completed ones among ``entries``."""
-        if not self.size:
+    def add_completed(self, entries: list[_Entry], size: int) -> None:
+        """Remember the keys of the completed ones among ``entries``, ``size`` at least."""
+        if not size:
             return
         newer = self._newer
         newer.update([entry.key for entry in entries if entry.completed])
-        if len(newer) >= self.size:
+        if len(newer) >= size:
             self._older, self._newer = newer, set()
 
 
@@ -302,7 +301,7 @@ class UpsertQueue:
         self._pending_starts: OrderedDict[_Key, None] = OrderedDict()
         # Keys whose completed write was delivered (the last ``remember_completed`` at
         # least): late starts for them are absorbed, not sent.
-        self._completed_keys = _RecentKeys(remember_completed)
+        self._completed_keys = _RecentKeys()
         # Keys being written now -> the entry being written (one per key).
         self._in_flight: dict[_Key, _Entry] = {}
         # Each batch being written: its lowest ``seq`` (for the flush barrier) and entries.
@@ -960,7 +959,7 @@ class UpsertQueue:
             self._delivered += len(entries)
             for entry in entries:
                 del in_flight[entry.key]
-            self._completed_keys.add_completed(entries)
+            self._completed_keys.add_completed(entries, self.remember_completed)
         else:
             for entry in entries:
                 del in_flight[entry.key]
