@@ -36,8 +36,6 @@ from sgp_client.testing import (
     DEFAULT_API_KEY,
     ServerControl,
     asgi_transport,
-    create_app,
-    get_control,
 )
 from sgp_tracing import SGPTracingProcessor, Span
 from sgp_tracing._processor import DEFAULT_MAX_PAYLOAD_BYTES
@@ -48,16 +46,6 @@ FAST = Backoff(initial=0.001, maximum=0.01)
 #: The longest the event loop may be blocked by one hostile input (liveness, generous).
 MAX_GAP = 1.0
 TEN_MB = 10 * 1024 * 1024
-
-
-@pytest.fixture
-def app() -> Starlette:
-    return create_app()
-
-
-@pytest.fixture
-def control(app: Starlette) -> ServerControl:
-    return get_control(app)
 
 
 @pytest.fixture
