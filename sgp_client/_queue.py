@@ -557,19 +557,18 @@ class UpsertQueue:
         coalesced = len(intake) - len(latest)
         self._coalesced += coalesced
         # ...except that a completed version beats an in-progress one: a start that came
-        # after its own end (only possible when something merged).
-        last_ends = (
-            {(record[0], record[1]): record for record in intake if record[2] is not None}
-            if coalesced
-            else None
-        )
+        # after its own end. Possible only when something merged, and looked for only when
+        # a start survived (rare in a burst, where nearly every start met its end).
+        last_ends: dict[_Key, _Intake] | None = None
         created = self._intake_since
         pending, in_flight, completed_keys = self._pending, self._in_flight, self._completed_keys
         starts, redact = self._pending_starts, self._redact
         added_bytes = 0
         for key, record in latest.items():
             completed = record[2] is not None
-            if not completed and last_ends is not None:
+            if not completed and coalesced:
+                if last_ends is None:
+                    last_ends = {(r[0], r[1]): r for r in intake if r[2] is not None}
                 end = last_ends.get(key)
                 if end is not None:
                     record, completed = end, True
