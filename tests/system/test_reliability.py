@@ -578,7 +578,7 @@ async def test_forked_child_never_reuses_the_parents_queue_or_connections() -> N
 
 def test_reliability_doc_lists_every_test_here() -> None:
     """RELIABILITY.md points at tests: make sure the ones it names in this file exist."""
-    doc = Path(__file__).resolve().parent.parent / "RELIABILITY.md"
+    doc = Path(__file__).resolve().parents[2] / "RELIABILITY.md"
     text = doc.read_text(encoding="utf-8")
     module = sys.modules[__name__]
     for line in text.splitlines():
