@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._faults import Counters, Decision, FaultInjector, Faults
 from ._spans import ApiError, parse_json, prepare_items, timestamp_us
-from ._store import SORT_KEYS, SearchQuery, SpanStore, json_field
+from ._store import SORT_KEYS, SearchQuery, SpanStore, StoreKind, json_field
 
 __all__ = [
     "DEFAULT_ACCOUNT_ID",
@@ -116,14 +116,18 @@ class ServerControl:
         self._injector.set(Faults())
 
     def stats(self) -> dict[str, Any]:
-        """Counters as served by ``GET /_admin/stats``."""
-        return self.counters.snapshot(items_stored=self.store.count())
+        """Counters as served by ``GET /_admin/stats`` (with ``store``: the store's kind)."""
+        return {**self.counters.snapshot(items_stored=self.store.count()), "store": self.store.kind}
 
     def reset(self) -> None:
         """Forget spans, counters and faults."""
         self.store.clear()
         self.counters = Counters()
         self.clear_faults()
+
+    def close(self) -> None:
+        """Close the store's database connection (the app cannot serve spans afterwards)."""
+        self.store.close()
 
     def account_for(self, api_key: str) -> str | None:
         return self._api_keys.get(api_key)
@@ -359,14 +363,18 @@ class _Api:
         control = self.control
         if type(items) is list:
             control.counters.items_received += len(items)
-        rows = prepare_items(
+        store = control.store
+        rows, history = prepare_items(
             items,
             dirty=dirty,
             account_id=account_id,
             created_by=control.created_by,
-            traces_of=control.store.traces_of,
+            traces_of=store.traces_of,
+            kind=store.kind,
         )
-        return control.store.write(rows, replace=replace)
+        stored, reopened = store.write(rows, replace=replace, history=history)
+        control.counters.reopened += reopened
+        return stored
 
     def _write(self, request: Request, items: Any, dirty: bool, *, replace: bool) -> list[bytes]:
         account_id: str = request.scope[_ACCOUNT_SCOPE_KEY]
@@ -569,11 +577,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def create_app(
     *,
     db: str = ":memory:",
+    store: StoreKind = "tracing",
     api_keys: Mapping[str, str] | None = None,
     prefix: str = "/public",
     faults: Faults | None = None,
 ) -> Starlette:
     """A new server app with its own store (`db`: SQLite file path or ``":memory:"``).
+
+    `store` picks the upsert rule of one of SGP's two stores: ``"tracing"`` (the tracing
+    service: keyed by trace, id and day, a completed span beats an in-progress one) or
+    ``"legacy"`` (keyed by id alone, the last write wins, so a late in-progress write reopens
+    a completed span). Both count such late writes as ``reopened`` in the stats.
 
     `api_keys` maps each accepted API key to the account id it may select (default
     ``{DEFAULT_API_KEY: DEFAULT_ACCOUNT_ID}``). `prefix` is where the API lives (``/public``
@@ -582,7 +596,7 @@ def create_app(
     """
     prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
     control = ServerControl(
-        store=SpanStore(db),
+        store=SpanStore(db, kind=store),
         api_keys=api_keys if api_keys is not None else {DEFAULT_API_KEY: DEFAULT_ACCOUNT_ID},
         prefix=prefix,
         faults=faults,
