@@ -111,7 +111,7 @@ def _serve(args: argparse.Namespace) -> None:
     try:
         server.run(sockets=[sock])
     finally:
-        app.state.sgp.store.close()
+        app.state.sgp.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -10,8 +10,9 @@ In-process code controls the app through `get_control(app)` (also ``app.state.sg
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import anyio
@@ -69,7 +70,7 @@ class ServerControl:
         prefix: str,
         faults: Faults | None = None,
     ) -> None:
-        self.store = store
+        self._store = store
         self.prefix = prefix
         self._api_keys = dict(api_keys)
         self._injector = FaultInjector(faults)
@@ -86,6 +87,17 @@ class ServerControl:
             f"ServerControl(store={self.store!r}, prefix={self.prefix!r}, "
             f"api_keys=<{len(self._api_keys)} keys>, faults={self.faults!r})"
         )
+
+    @property
+    def store(self) -> SpanStore:
+        return self._store
+
+    @store.setter
+    def store(self, store: SpanStore) -> None:
+        """Replace the store; the old one is closed (its connection would leak otherwise)."""
+        old, self._store = self._store, store
+        if old is not store:
+            old.close()
 
     @property
     def injector(self) -> FaultInjector:
@@ -126,7 +138,9 @@ class ServerControl:
         self.clear_faults()
 
     def close(self) -> None:
-        """Close the store's database connection (the app cannot serve spans afterwards)."""
+        """Close the store's database connection (the app cannot serve spans afterwards).
+
+        Called on the app's lifespan shutdown; in-process tests (no lifespan) call it."""
         self.store.close()
 
     def account_for(self, api_key: str) -> str | None:
@@ -614,8 +628,17 @@ def create_app(
         Route("/_admin/spans", admin.spans, methods=["GET"]),
         Route("/_admin/count", admin.count, methods=["GET"]),
     ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            control.close()
+
     app = Starlette(
         routes=routes,
+        lifespan=lifespan,
         middleware=[Middleware(_Gate, control=control, api=api)],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
     )

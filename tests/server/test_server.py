@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -38,8 +38,10 @@ def span(span_id: str = "s1", trace_id: str = "t1", **fields: Any) -> dict[str, 
 
 
 @pytest.fixture
-def app() -> Starlette:
-    return create_app(api_keys={DEFAULT_API_KEY: DEFAULT_ACCOUNT_ID, "other-key": "other-acct"})
+def app() -> Iterator[Starlette]:
+    app = create_app(api_keys={DEFAULT_API_KEY: DEFAULT_ACCOUNT_ID, "other-key": "other-acct"})
+    yield app
+    get_control(app).close()
 
 
 @pytest.fixture
