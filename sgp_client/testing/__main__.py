@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY[:ACCOUNT]",
         help="accepted API key and its account (repeatable; default: the dev key)",
     )
+    serve.add_argument(
+        "--no-mask-credentials",
+        dest="mask_credentials",
+        action="store_false",
+        help="store credential-shaped values as sent (the real API masks them)",
+    )
     serve.add_argument("--log-level", default="warning", help="uvicorn log level (warning)")
     return parser
 
@@ -78,7 +84,13 @@ def _serve(args: argparse.Namespace) -> None:
             cast(dict[str, Any], self.scope)[ABORT_SCOPE_KEY] = self.transport.abort
 
     api_keys = dict(args.api_key) if args.api_key else None
-    app = create_app(db=args.db, store=args.store, api_keys=api_keys, prefix=args.prefix)
+    app = create_app(
+        db=args.db,
+        store=args.store,
+        api_keys=api_keys,
+        prefix=args.prefix,
+        mask_credentials=args.mask_credentials,
+    )
     prefix = app.state.sgp.prefix
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

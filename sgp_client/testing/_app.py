@@ -26,8 +26,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._faults import Counters, Decision, FaultInjector, Faults
-from ._spans import ApiError, parse_json, prepare_items, timestamp_us
-from ._store import SORT_KEYS, SearchQuery, SpanStore, StoreKind, json_field
+from ._masking import mask_items
+from ._search import parse_search
+from ._spans import ApiError, parse_json, prepare_items
+from ._store import SpanStore, StoreKind
 
 __all__ = [
     "DEFAULT_ACCOUNT_ID",
@@ -40,8 +42,6 @@ __all__ = [
 
 DEFAULT_API_KEY = "sgp-local-dev-key"
 DEFAULT_ACCOUNT_ID = "sgp-local-account"
-DEFAULT_SEARCH_LIMIT = 100
-MAX_SEARCH_LIMIT = 1000
 
 # Set by the CLI's uvicorn protocol: aborts the TCP connection, so "drop" faults look like a
 # real network failure (no bytes at all) instead of an error response.
@@ -69,8 +69,11 @@ class ServerControl:
         api_keys: Mapping[str, str],
         prefix: str,
         faults: Faults | None = None,
+        mask_credentials: bool = True,
     ) -> None:
         self._store = store
+        #: Mask credential-shaped values before storing, as the real API does (see _masking).
+        self.mask_credentials = mask_credentials
         self.prefix = prefix
         self._api_keys = dict(api_keys)
         self._injector = FaultInjector(faults)
@@ -181,7 +184,7 @@ def _endpoint_name(method: str, path: str) -> str:
     if path == "/v5/spans/search":
         return "search"
     if path.startswith("/v5/spans/"):
-        return "get"
+        return "update" if method == "PATCH" else "get"
     return "other"
 
 
@@ -372,11 +375,14 @@ class _Api:
         return await self._read_body(request.scope, request.receive)
 
     def _store_items(
-        self, account_id: str, items: Any, dirty: bool, *, replace: bool
+        self, account_id: str, body: bytes, items: Any, dirty: bool, *, replace: bool
     ) -> list[bytes]:
+        """Validate, mask and store the `items` parsed from `body`; the stored spans."""
         control = self.control
         if type(items) is list:
             control.counters.items_received += len(items)
+        if control.mask_credentials:
+            control.counters.masked += mask_items(body, items)
         store = control.store
         rows, history = prepare_items(
             items,
@@ -390,38 +396,47 @@ class _Api:
         control.counters.reopened += reopened
         return stored
 
-    def _write(self, request: Request, items: Any, dirty: bool, *, replace: bool) -> list[bytes]:
-        account_id: str = request.scope[_ACCOUNT_SCOPE_KEY]
-        return self._store_items(account_id, items, dirty, replace=replace)
-
     async def raw_batch(self, scope: Scope, receive: Receive, send: Send, *, replace: bool) -> None:
         """``PUT`` (upsert) or ``POST`` (insert, keeping stored spans) ``/v5/spans/batch``."""
         if replace:
             self.control.counters.upsert_requests += 1
         try:
-            payload, dirty = parse_json(await self._read_body(scope, receive))
+            body = await self._read_body(scope, receive)
+            payload, dirty = parse_json(body)
             account_id: str = scope[_ACCOUNT_SCOPE_KEY]
-            body = _list_body(
-                self._store_items(account_id, _batch_items(payload), dirty, replace=replace)
+            answer = _list_body(
+                self._store_items(account_id, body, _batch_items(payload), dirty, replace=replace)
             )
         except ApiError as exc:
             await _send_json(send, exc.status, {"detail": exc.detail}, exc.headers)
             return
         except ClientDisconnect:
             return
-        headers = [(b"content-type", _JSON), (b"content-length", str(len(body)).encode())]
+        headers = [(b"content-type", _JSON), (b"content-length", str(len(answer)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": answer})
 
     async def create(self, request: Request) -> Response:
-        payload, dirty = parse_json(await self._body(request))
+        body = await self._body(request)
+        payload, dirty = parse_json(body)
+        account_id: str = request.scope[_ACCOUNT_SCOPE_KEY]
         try:
-            [stored] = self._write(request, [payload], dirty, replace=False)
+            [stored] = self._store_items(account_id, body, [payload], dirty, replace=False)
         except ApiError as exc:
             if isinstance(exc.detail, str) and exc.detail.startswith("items[0]"):
                 exc.detail = exc.detail.replace("items[0].", "", 1)
             raise
         return Response(stored, media_type="application/json")
+
+    async def update(self, request: Request) -> Response:
+        """``PATCH /v5/spans/{id}``: the real API answers 501 once an account dual-writes to
+        the tracing service (which has no partial update). This server models such an
+        account, whichever store it runs: use ``PUT /v5/spans/batch``."""
+        raise ApiError(
+            501,
+            "PATCH /v5/spans/{span_id} is not available once an account writes to the "
+            "tracing service; upsert with PUT /v5/spans/batch instead",
+        )
 
     async def get(self, request: Request) -> Response:
         span_id: str = request.path_params["span_id"]
@@ -433,29 +448,17 @@ class _Api:
     async def search(self, request: Request) -> Response:
         body = await self._body(request)
         filters, _ = parse_json(body) if body.strip() else ({}, False)
-        if type(filters) is not dict:
-            raise ApiError(422, "body: must be a JSON object of filters")
-        params = request.query_params
-        try:
-            limit = int(params.get("limit", DEFAULT_SEARCH_LIMIT))
-        except ValueError:
-            raise ApiError(422, "limit: must be an integer") from None
-        if not 1 <= limit <= MAX_SEARCH_LIMIT:
-            raise ApiError(422, f"limit: must be within [1, {MAX_SEARCH_LIMIT}]")
-        sort_order = params.get("sort_order", "asc")
-        if sort_order not in ("asc", "desc"):
-            raise ApiError(422, "sort_order: must be 'asc' or 'desc'")
-        sort_by = params.get("sort_by", "start_timestamp")
-        if sort_by not in SORT_KEYS:
-            raise ApiError(422, f"sort_by: must be one of {sorted(SORT_KEYS)}")
-        query = _search_query(request.scope[_ACCOUNT_SCOPE_KEY], filters)
-        spans, has_more = self.control.store.search(
-            query,
-            limit=limit,
-            sort_by=sort_by,
-            descending=sort_order == "desc",
-            starting_after=params.get("starting_after"),
-            ending_before=params.get("ending_before"),
+        store = self.control.store
+        search = parse_search(
+            request.scope[_ACCOUNT_SCOPE_KEY], store.kind, filters, request.query_params
+        )
+        spans, has_more = store.search(
+            search.query,
+            limit=search.limit,
+            sort_by=search.sort_by,
+            descending=search.descending,
+            starting_after=search.starting_after,
+            ending_before=search.ending_before,
         )
         body = (
             b'{"items":['
@@ -463,63 +466,10 @@ class _Api:
             + b'],"has_more":'
             + (b"true" if has_more else b"false")
             + b',"object":"list","limit":'
-            + str(limit).encode()
+            + str(search.limit).encode()
             + b"}"
         )
         return Response(body, media_type="application/json")
-
-
-_LIST_FILTERS = {
-    "trace_ids": "trace_id",
-    "span_ids": "id",
-    "parent_ids": json_field("parent_id"),
-    "statuses": json_field("status"),
-    "types": json_field("type"),
-    "names": json_field("name"),
-    "application_variant_ids": json_field("application_variant_id"),
-}
-_EXCLUDE_FILTERS = {"excluded_span_ids": "id", "excluded_trace_ids": "trace_id"}
-
-
-def _timestamp_filter(field: str, value: Any) -> int:
-    try:
-        return timestamp_us(0, field, value)
-    except ApiError:
-        raise ApiError(422, f"{field}: invalid ISO 8601 date-time") from None
-
-
-def _search_query(account_id: str, filters: dict[str, Any]) -> SearchQuery:
-    """Translate the search filters this server supports; others are ignored."""
-    query = SearchQuery(account_id)
-    for field, column in (*_LIST_FILTERS.items(), *_EXCLUDE_FILTERS.items()):
-        values = filters.get(field)
-        if values is None:
-            continue
-        if type(values) is not list or not all(type(v) is str for v in values):
-            raise ApiError(422, f"{field}: must be a list of strings")
-        if field in _EXCLUDE_FILTERS:
-            if values:
-                query.none_of(column, values)
-        else:
-            query.any_of(column, values)
-    group_id = filters.get("group_id")
-    if group_id is not None:
-        if type(group_id) is not str:
-            raise ApiError(422, "group_id: must be a string")
-        query.where(f"{json_field('group_id')} = ?", group_id)
-    if filters.get("parents_only"):
-        query.where(f"{json_field('parent_id')} IS NULL")
-    from_ts = filters.get("from_ts")
-    to_ts = filters.get("to_ts")
-    start = _timestamp_filter("from_ts", from_ts) if from_ts is not None else None
-    end = _timestamp_filter("to_ts", to_ts) if to_ts is not None else None
-    if start is not None and end is not None and start > end:
-        raise ApiError(422, "from_ts: after to_ts")
-    if start is not None:
-        query.where("start_us >= ?", start)
-    if end is not None:
-        query.where("start_us <= ?", end)
-    return query
 
 
 # -- admin ------------------------------------------------------------------------------------
@@ -595,6 +545,7 @@ def create_app(
     api_keys: Mapping[str, str] | None = None,
     prefix: str = "/public",
     faults: Faults | None = None,
+    mask_credentials: bool = True,
 ) -> Starlette:
     """A new server app with its own store (`db`: SQLite file path or ``":memory:"``).
 
@@ -614,6 +565,7 @@ def create_app(
         api_keys=api_keys if api_keys is not None else {DEFAULT_API_KEY: DEFAULT_ACCOUNT_ID},
         prefix=prefix,
         faults=faults,
+        mask_credentials=mask_credentials,
     )
     api = _Api(control)
     admin = _Admin(control)
@@ -621,6 +573,7 @@ def create_app(
         Route(f"{prefix}/v5/spans/search", api.search, methods=["POST"]),
         Route(f"{prefix}/v5/spans", api.create, methods=["POST"]),
         Route(f"{prefix}/v5/spans/{{span_id:path}}", api.get, methods=["GET"]),
+        Route(f"{prefix}/v5/spans/{{span_id:path}}", api.update, methods=["PATCH"]),
         Route("/_admin/health", admin.health, methods=["GET"]),
         Route("/_admin/faults", admin.faults, methods=["GET", "PUT", "PATCH"]),
         Route("/_admin/stats", admin.stats, methods=["GET"]),

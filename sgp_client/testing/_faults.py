@@ -180,6 +180,8 @@ class Counters:
     # In-progress writes that came after their span's completed one (see count_reopened):
     # ignored by the tracing store, reopening the span on the legacy store.
     reopened: int = 0
+    # Field values whose credential-shaped parts were masked before storing.
+    masked: int = 0
 
     def count_fault(self, kind: str) -> None:
         self.faults[kind] = self.faults.get(kind, 0) + 1
@@ -203,4 +205,5 @@ class Counters:
             "max_concurrent": self.max_concurrent,
             "bytes_received": self.bytes_received,
             "reopened": self.reopened,
+            "masked": self.masked,
         }

@@ -39,7 +39,8 @@ class ServerProcess:
 
     `port=0` picks a free port on first start and keeps it across restarts. `db` is
     ``":memory:"`` (data lost on restart) or a SQLite file path (kept across restarts).
-    `store` is ``"tracing"`` or ``"legacy"`` (see `create_app`).
+    `store` is ``"tracing"`` or ``"legacy"`` and `mask_credentials=False` stores
+    credential-shaped values as sent (see `create_app`).
     `api_keys` maps key to account (default: `DEFAULT_API_KEY` for `DEFAULT_ACCOUNT_ID`);
     `api_key` / `account_id` are the first pair, handy to configure a client.
     """
@@ -53,12 +54,14 @@ class ServerProcess:
         api_keys: Mapping[str, str] | None = None,
         prefix: str = "/public",
         startup_timeout: float = 15.0,
+        mask_credentials: bool = True,
     ) -> None:
         self.port = port
         self.db = os.fspath(db)
         if store not in STORE_KINDS:
             raise ValueError(f"store must be one of {list(STORE_KINDS)}, got {store!r}")
         self.store: StoreKind = store
+        self.mask_credentials = mask_credentials
         self._api_keys = dict(api_keys) if api_keys else {DEFAULT_API_KEY: DEFAULT_ACCOUNT_ID}
         self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
         self.startup_timeout = startup_timeout
@@ -123,6 +126,8 @@ class ServerProcess:
         ]  # fmt: skip
         for key, account in self._api_keys.items():
             command += ["--api-key", f"{key}:{account}"]
+        if not self.mask_credentials:
+            command.append("--no-mask-credentials")
         # stderr goes to a file: a pipe nobody drains could fill up and block the server.
         self._stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8")  # noqa: SIM115
         self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module

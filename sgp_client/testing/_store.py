@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import sqlite3
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import orjson
@@ -116,6 +116,8 @@ class SearchQuery:
     def __init__(self, account_id: str) -> None:
         self.clauses: list[str] = ["account_id = ?"]
         self.params: list[Any] = [account_id]
+        # Python predicates the clauses call by name: registered on the connection to run.
+        self.functions: dict[str, Callable[..., Any]] = {}
 
     def any_of(self, column: str, values: Sequence[Any]) -> None:
         self.clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
@@ -430,6 +432,8 @@ class SpanStore:
         Order is (sort key, trace_id, id, seq), a total order, so a cursor (a span id from a
         previous page) always resumes at the same place. Unknown cursors give an empty page.
         """
+        for name, function in query.functions.items():
+            self._db.create_function(name, -1, function, deterministic=True)
         key = _SORT_EXPR[sort_by]
         order_cols = f"{key}, trace_id, id, seq"
         where = " AND ".join(query.clauses)
