@@ -13,6 +13,7 @@ from __future__ import annotations
 from ._app import (
     DEFAULT_ACCOUNT_ID,
     DEFAULT_API_KEY,
+    DEFAULT_MAX_BODY_BYTES,
     ServerControl,
     create_app,
     get_control,
@@ -26,6 +27,7 @@ from ._transport import asgi_transport
 __all__ = [
     "DEFAULT_ACCOUNT_ID",
     "DEFAULT_API_KEY",
+    "DEFAULT_MAX_BODY_BYTES",
     "Faults",
     "MAX_BATCH_ITEMS",
     "ServerControl",

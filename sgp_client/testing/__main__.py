@@ -16,7 +16,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any, cast
 
-from ._app import ABORT_SCOPE_KEY, DEFAULT_ACCOUNT_ID, ConnectionDropped, create_app
+from ._app import (
+    ABORT_SCOPE_KEY,
+    DEFAULT_ACCOUNT_ID,
+    DEFAULT_MAX_BODY_BYTES,
+    ConnectionDropped,
+    create_app,
+)
 from ._store import STORE_KINDS
 
 __all__ = ["main"]
@@ -60,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="store credential-shaped values as sent (the real API masks them)",
     )
+    serve.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help=f"largest request body read, else 413 (default {DEFAULT_MAX_BODY_BYTES})",
+    )
     serve.add_argument("--log-level", default="warning", help="uvicorn log level (warning)")
     return parser
 
@@ -90,6 +102,7 @@ def _serve(args: argparse.Namespace) -> None:
         api_keys=api_keys,
         prefix=args.prefix,
         mask_credentials=args.mask_credentials,
+        max_body_bytes=args.max_body_bytes,
     )
     prefix = app.state.sgp.prefix
 

@@ -34,6 +34,7 @@ from ._store import SpanStore, StoreKind
 __all__ = [
     "DEFAULT_ACCOUNT_ID",
     "DEFAULT_API_KEY",
+    "DEFAULT_MAX_BODY_BYTES",
     "ConnectionDropped",
     "ServerControl",
     "create_app",
@@ -42,6 +43,8 @@ __all__ = [
 
 DEFAULT_API_KEY = "sgp-local-dev-key"
 DEFAULT_ACCOUNT_ID = "sgp-local-account"
+#: The largest request body the server reads: 1000 spans of 32 KiB each fit, with room.
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 
 # Set by the CLI's uvicorn protocol: aborts the TCP connection, so "drop" faults look like a
 # real network failure (no bytes at all) instead of an error response.
@@ -70,8 +73,13 @@ class ServerControl:
         prefix: str,
         faults: Faults | None = None,
         mask_credentials: bool = True,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
+        if max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes!r}")
         self._store = store
+        #: The largest request body read; larger ones answer 413 (see `read_body`).
+        self.max_body_bytes = max_body_bytes
         #: Mask credential-shaped values before storing, as the real API does (see _masking).
         self.mask_credentials = mask_credentials
         self.prefix = prefix
@@ -336,43 +344,52 @@ def _batch_items(payload: Any) -> Any:
     return payload["items"]
 
 
+def _too_large(counters: Counters, limit: int) -> ApiError:
+    counters.count_fault("413")
+    # Closing the connection: what the client still sends is never read, nor buffered.
+    return ApiError(413, f"Request body larger than {limit} bytes", {"connection": "close"})
+
+
+async def read_body(control: ServerControl, scope: Scope, receive: Receive) -> bytes:
+    """The whole request body, never more than the app's `max_body_bytes` (nor the fault's,
+    when lower) in memory: a declared larger body answers 413 before a byte of it is read,
+    and a streamed (chunked) one as soon as it grows past the limit. Raises
+    `ClientDisconnect` if the client goes away first."""
+    fault_limit = control.faults.max_body_bytes
+    limit = (
+        control.max_body_bytes if fault_limit is None else min(fault_limit, control.max_body_bytes)
+    )
+    counters = control.counters
+    for header, value in scope["headers"]:
+        # The ASGI server has checked that content-length is a number.
+        if header == b"content-length" and value.isdigit() and int(value) > limit:
+            raise _too_large(counters, limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(counters, limit)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    counters.bytes_received += size
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 class _Api:
     """The spans endpoints; one instance per app, bound to its control object."""
 
     def __init__(self, control: ServerControl) -> None:
         self.control = control
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        """The whole request body (413 above the `max_body_bytes` fault); raises
-        `ClientDisconnect` if the client goes away first."""
-        control = self.control
-        limit = control.faults.max_body_bytes
-        counters = control.counters
-        if limit is not None:
-            for header, value in scope["headers"]:
-                if header == b"content-length" and value.isdigit() and int(value) > limit:
-                    counters.count_fault("413")
-                    raise ApiError(413, f"Request body larger than {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                raise ClientDisconnect
-            chunk: bytes = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if limit is not None and size > limit:
-                    counters.count_fault("413")
-                    raise ApiError(413, f"Request body larger than {limit} bytes")
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        counters.bytes_received += size
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
     async def _body(self, request: Request) -> bytes:
-        return await self._read_body(request.scope, request.receive)
+        return await read_body(self.control, request.scope, request.receive)
 
     def _store_items(
         self, account_id: str, body: bytes, items: Any, dirty: bool, *, replace: bool
@@ -401,7 +418,7 @@ class _Api:
         if replace:
             self.control.counters.upsert_requests += 1
         try:
-            body = await self._read_body(scope, receive)
+            body = await read_body(self.control, scope, receive)
             payload, dirty = parse_json(body)
             account_id: str = scope[_ACCOUNT_SCOPE_KEY]
             answer = _list_body(
@@ -485,7 +502,7 @@ class _Admin:
     async def faults(self, request: Request) -> Response:
         control = self.control
         if request.method in ("PUT", "PATCH"):
-            changes, _ = parse_json(await request.body())
+            changes, _ = parse_json(await read_body(control, request.scope, request.receive))
             if type(changes) is not dict:
                 raise ApiError(422, "body: must be a JSON object")
             try:
@@ -546,6 +563,7 @@ def create_app(
     prefix: str = "/public",
     faults: Faults | None = None,
     mask_credentials: bool = True,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> Starlette:
     """A new server app with its own store (`db`: SQLite file path or ``":memory:"``).
 
@@ -566,6 +584,7 @@ def create_app(
         prefix=prefix,
         faults=faults,
         mask_credentials=mask_credentials,
+        max_body_bytes=max_body_bytes,
     )
     api = _Api(control)
     admin = _Admin(control)

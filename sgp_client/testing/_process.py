@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import httpx
 
-from ._app import DEFAULT_ACCOUNT_ID, DEFAULT_API_KEY
+from ._app import DEFAULT_ACCOUNT_ID, DEFAULT_API_KEY, DEFAULT_MAX_BODY_BYTES
 from ._store import STORE_KINDS, StoreKind
 
 __all__ = ["ServerProcess", "ServerProcessError"]
@@ -40,7 +40,7 @@ class ServerProcess:
     `port=0` picks a free port on first start and keeps it across restarts. `db` is
     ``":memory:"`` (data lost on restart) or a SQLite file path (kept across restarts).
     `store` is ``"tracing"`` or ``"legacy"`` and `mask_credentials=False` stores
-    credential-shaped values as sent (see `create_app`).
+    credential-shaped values as sent; `max_body_bytes` bounds a request body (see `create_app`).
     `api_keys` maps key to account (default: `DEFAULT_API_KEY` for `DEFAULT_ACCOUNT_ID`);
     `api_key` / `account_id` are the first pair, handy to configure a client.
     """
@@ -55,6 +55,7 @@ class ServerProcess:
         prefix: str = "/public",
         startup_timeout: float = 15.0,
         mask_credentials: bool = True,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self.port = port
         self.db = os.fspath(db)
@@ -62,6 +63,7 @@ class ServerProcess:
             raise ValueError(f"store must be one of {list(STORE_KINDS)}, got {store!r}")
         self.store: StoreKind = store
         self.mask_credentials = mask_credentials
+        self.max_body_bytes = max_body_bytes
         self._api_keys = dict(api_keys) if api_keys else {DEFAULT_API_KEY: DEFAULT_ACCOUNT_ID}
         self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
         self.startup_timeout = startup_timeout
@@ -128,6 +130,7 @@ class ServerProcess:
             command += ["--api-key", f"{key}:{account}"]
         if not self.mask_credentials:
             command.append("--no-mask-credentials")
+        command += ["--max-body-bytes", str(self.max_body_bytes)]
         # stderr goes to a file: a pipe nobody drains could fill up and block the server.
         self._stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8")  # noqa: SIM115
         self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module

@@ -98,6 +98,8 @@ def parse_json(body: bytes) -> tuple[Any, bool]:
         value = json.loads(body.decode("utf-8", errors="surrogateescape"))
     except ValueError as exc:
         raise ApiError(400, f"Malformed JSON body: {exc}") from None
+    except RecursionError:  # orjson stops at 1024 levels, the stdlib at the stack's depth
+        raise ApiError(400, "Malformed JSON body: nested too deeply") from None
     return value, True
 
 
@@ -203,7 +205,7 @@ def _check_optional(i: int, field: str, value: Any, start_us: int) -> int | None
 
 # orjson cannot encode integers beyond 64 bits (only the stdlib parser accepts them) nor lone
 # surrogates (only in-process callers can pass them on a clean body).
-_UNSTORABLE = "items: a value cannot be stored (integer out of range)"
+_UNSTORABLE = "items: a value cannot be stored (integer out of range, or nested too deeply)"
 _SHORT_ID = MAX_ID_BYTES // 4  # ids up to this many characters cannot exceed the byte limit
 
 
@@ -597,7 +599,10 @@ def prepare_items(
             if not item.keys() <= KNOWN_FIELDS:
                 item = {k: v for k, v in item.items() if k in KNOWN_FIELDS}
             if dirty:
-                item = _sanitize(i, item)
+                try:
+                    item = _sanitize(i, item)
+                except RecursionError:  # far deeper than orjson can store anyway
+                    raise ApiError(422, _UNSTORABLE) from None
             checked = _check_item(i, item)
         start_us, end_us = checked
         entry = (i, item, start_us, end_us)
