@@ -1,7 +1,9 @@
 """A local SGP-compatible server for tests, demos and benchmarks (needs the ``server`` extra).
 
 - `create_app(...)`: the Starlette ASGI app (spans endpoints + ``/_admin``), its state in
-  SQLite; `get_control(app)` gives the `ServerControl` (faults, stats, store, reset).
+  SQLite with the upsert rule of SGP's tracing service (``store="tracing"``) or of its legacy
+  store (``store="legacy"``); `get_control(app)` gives the `ServerControl` (faults, stats,
+  store, reset, close).
 - `asgi_transport(app)`: serve the app in-process to an ``httpx.AsyncClient``, with
   connection drops surfacing as ``httpx.RemoteProtocolError``.
 - `ServerProcess`: the same server in a subprocess over loopback, as a sync context manager.
