@@ -22,7 +22,6 @@ from sgp_client import (
     APITimeoutError,
     AsyncSGPClient,
     AuthenticationError,
-    Backoff,
     BadRequestError,
     ConflictError,
     InternalServerError,
@@ -40,9 +39,9 @@ from sgp_client.testing import (
     ServerControl,
     asgi_transport,
 )
+from tests._helpers import FAST_BACKOFF
 
 START = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-FAST = Backoff(initial=0.001, maximum=0.01)
 
 
 def span(name: str = "step", trace_id: str = "trace-1", **fields: Any) -> SpanItem:
@@ -55,7 +54,7 @@ def other_client(app: Starlette, **kwargs: Any) -> AsyncSGPClient:
         "account_id": DEFAULT_ACCOUNT_ID,
         "base_url": "http://127.0.0.1/public",
         "transport": asgi_transport(app),
-        "backoff": FAST,
+        "backoff": FAST_BACKOFF,
     }
     settings.update(kwargs)
     return AsyncSGPClient(**settings)

@@ -37,11 +37,11 @@ from sgp_client import (
     SpanItem,
     UnprocessableEntityError,
 )
+from tests._helpers import FAST_BACKOFF
 
 KEY = "sk-mock-0123456789abcdefSECRET"
 ACCOUNT = "acct-mock"
 BASE = "http://127.0.0.1:9/public"
-FAST = Backoff(initial=0.001, maximum=0.005)
 START = datetime(2025, 3, 1, 12, tzinfo=UTC)
 
 Handler = (
@@ -71,7 +71,7 @@ def make_client(handler: Handler, **kwargs: Any) -> AsyncSGPClient:
         "account_id": ACCOUNT,
         "base_url": BASE,
         "transport": httpx.MockTransport(handler),
-        "backoff": FAST,
+        "backoff": FAST_BACKOFF,
     }
     settings.update(kwargs)
     return AsyncSGPClient(**settings)

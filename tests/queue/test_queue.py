@@ -45,13 +45,12 @@ from sgp_client.testing import (
     asgi_transport,
     get_control,
 )
+from tests._helpers import FAST_BACKOFF
 
 pytestmark = pytest.mark.anyio
 
 BASE_URL = "http://127.0.0.1/public"
 START = datetime(2025, 1, 15, 12, 0, 0, tzinfo=UTC)
-#: Retry quickly: these tests exercise the retry logic, not its pacing.
-FAST = Backoff(initial=0.001, maximum=0.01)
 QUEUE_LOGGER = "sgp_client.queue"
 
 
@@ -84,7 +83,11 @@ def is_running(queue: UpsertQueue) -> bool:
 
 
 def make_queue(client: AsyncSGPClient, **overrides: Any) -> UpsertQueue:
-    settings: dict[str, Any] = {"flush_interval": 0.01, "backoff": FAST, "shutdown_timeout": 5.0}
+    settings: dict[str, Any] = {
+        "flush_interval": 0.01,
+        "backoff": FAST_BACKOFF,
+        "shutdown_timeout": 5.0,
+    }
     settings.update(overrides)
     return UpsertQueue(client, **settings)
 

@@ -17,13 +17,13 @@ import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
-from sgp_client import AsyncSGPClient, Backoff, DropReason, QueueStats, SpanItem, UpsertQueue
+from sgp_client import AsyncSGPClient, DropReason, QueueStats, SpanItem, UpsertQueue
 from sgp_client.testing import ServerProcess
+from tests._helpers import OUTAGE_BACKOFF
 
 pytestmark = pytest.mark.anyio
 
 START = datetime(2025, 1, 15, 12, 0, 0, tzinfo=UTC)
-FAST = Backoff(initial=0.01, maximum=0.2)
 
 
 def span(key: str, *, end: bool = False, trace: str = "trace-1") -> SpanItem:
@@ -124,7 +124,7 @@ async def test_burst_of_20000_spans_with_defaults(server: ServerProcess) -> None
 async def test_every_second_request_answered_503(server: ServerProcess) -> None:
     await server_call(server, "set_faults", status_code=503, status_every_n=2, retry_after="0")
     async with loopback_client(server) as client:
-        queue = UpsertQueue(client, max_batch_size=100, backoff=FAST)
+        queue = UpsertQueue(client, max_batch_size=100, backoff=OUTAGE_BACKOFF)
         async with sampled(queue), queue:
             await produce(queue, 3000)
             assert await queue.flush(timeout=60)
@@ -141,7 +141,9 @@ async def test_every_second_request_answered_503(server: ServerProcess) -> None:
 @pytest.mark.parametrize("mode", ["503", "drop"])
 async def test_five_second_outage_loses_nothing(server: ServerProcess, mode: str) -> None:
     async with loopback_client(server) as client:
-        queue = UpsertQueue(client, backoff=FAST, retry_deadline=30.0, shutdown_timeout=20.0)
+        queue = UpsertQueue(
+            client, backoff=OUTAGE_BACKOFF, retry_deadline=30.0, shutdown_timeout=20.0
+        )
         async with sampled(queue), queue:
             await produce(queue, 500, prefix="before")
             assert await queue.flush(timeout=30)
@@ -163,7 +165,9 @@ async def test_five_second_outage_loses_nothing(server: ServerProcess, mode: str
 @pytest.mark.slow
 async def test_server_killed_and_restarted_loses_nothing(server: ServerProcess) -> None:
     async with loopback_client(server) as client:
-        queue = UpsertQueue(client, backoff=FAST, retry_deadline=30.0, request_timeout=5.0)
+        queue = UpsertQueue(
+            client, backoff=OUTAGE_BACKOFF, retry_deadline=30.0, request_timeout=5.0
+        )
         async with sampled(queue), queue:
             await anyio.to_thread.run_sync(server.kill)
             await produce(queue, 1000)
@@ -183,7 +187,9 @@ async def test_server_killed_and_restarted_loses_nothing(server: ServerProcess) 
 async def test_request_timeout_retries_a_hung_request(server: ServerProcess) -> None:
     await server_call(server, "set_faults", hang=True)
     async with loopback_client(server) as client:
-        queue = UpsertQueue(client, request_timeout=0.3, backoff=FAST, flush_interval=0.01)
+        queue = UpsertQueue(
+            client, request_timeout=0.3, backoff=OUTAGE_BACKOFF, flush_interval=0.01
+        )
         async with sampled(queue), queue:
             for i in range(10):
                 queue.submit(span(f"s{i}", end=True))

@@ -28,7 +28,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from sgp_client import AsyncSGPClient, Backoff, DropReason, QueueStats, SpanItem, UpsertQueue
+from sgp_client import AsyncSGPClient, DropReason, QueueStats, SpanItem, UpsertQueue
 from sgp_client.testing import (
     DEFAULT_ACCOUNT_ID,
     DEFAULT_API_KEY,
@@ -37,10 +37,10 @@ from sgp_client.testing import (
     create_app,
     get_control,
 )
+from tests._helpers import FAST_BACKOFF
 
 START = datetime(2025, 1, 15, 12, 0, 0, tzinfo=UTC)
 KEYS = [("trace-a", "s1"), ("trace-a", "s2"), ("trace-a", "s3"), ("trace-b", "s1")]
-FAST = Backoff(initial=0.001, maximum=0.005)
 
 # No NUL: the server would store it as U+FFFD (tested elsewhere), not what the model says.
 text = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=8)
@@ -81,7 +81,7 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
                 flush_interval=0.002,
                 max_batch_size=3,
                 max_in_flight=2,
-                backoff=FAST,
+                backoff=FAST_BACKOFF,
                 retry_deadline=30.0,
                 shutdown_timeout=10.0,
             )

@@ -26,7 +26,6 @@ from starlette.applications import Starlette
 
 from sgp_client import (
     AsyncSGPClient,
-    Backoff,
     InvalidSpanError,
     SpanItem,
     UpsertQueue,
@@ -39,10 +38,10 @@ from sgp_client.testing import (
 )
 from sgp_tracing import SGPTracingProcessor, Span
 from sgp_tracing._processor import DEFAULT_MAX_PAYLOAD_BYTES
+from tests._helpers import FAST_BACKOFF
 
 START = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 END = START + timedelta(seconds=1)
-FAST = Backoff(initial=0.001, maximum=0.01)
 #: The longest the event loop may be blocked by one hostile input (liveness, generous).
 MAX_GAP = 1.0
 TEN_MB = 10 * 1024 * 1024
@@ -55,7 +54,7 @@ async def sgp(app: Starlette) -> AsyncIterator[AsyncSGPClient]:
         account_id=DEFAULT_ACCOUNT_ID,
         base_url="http://127.0.0.1/public",
         transport=asgi_transport(app),
-        backoff=FAST,
+        backoff=FAST_BACKOFF,
         max_retries=0,
     ) as client:
         yield client

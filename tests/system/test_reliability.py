@@ -28,7 +28,6 @@ from sgp_client import (
     APIConnectionError,
     APITimeoutError,
     AsyncSGPClient,
-    Backoff,
     ClientClosedError,
     QueueNotRunningError,
     QueueStats,
@@ -43,9 +42,9 @@ from sgp_client.testing import (
     create_app,
     get_control,
 )
+from tests._helpers import OUTAGE_BACKOFF
 
 START = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-FAST = Backoff(initial=0.01, maximum=0.2)
 #: Slack on top of a deadline: scheduling, a subprocess on a loaded CI machine.
 MARGIN = 2.0
 
@@ -74,7 +73,7 @@ def client_of(srv: ServerProcess, **overrides: Any) -> AsyncSGPClient:
         "api_key": srv.api_key,
         "account_id": srv.account_id,
         "base_url": srv.base_url,
-        "backoff": FAST,
+        "backoff": OUTAGE_BACKOFF,
         "max_retries": 5,
         "call_timeout": 20.0,
     }
@@ -207,7 +206,7 @@ async def test_fault_matrix_queue_loses_nothing(srv: ServerProcess, name: str) -
             client,
             max_batch_size=5,
             flush_interval=0.01,
-            backoff=FAST,
+            backoff=OUTAGE_BACKOFF,
             request_timeout=5.0,
             retry_deadline=12.0,
             shutdown_timeout=shutdown_timeout,
@@ -271,7 +270,7 @@ async def test_server_killed_and_restarted_loses_nothing(srv: ServerProcess) -> 
             client,
             max_batch_size=5,
             flush_interval=0.01,
-            backoff=FAST,
+            backoff=OUTAGE_BACKOFF,
             request_timeout=3.0,
             retry_deadline=20.0,
             shutdown_timeout=20.0,
@@ -301,7 +300,11 @@ async def test_413_above_a_body_size_splits_and_isolates(srv: ServerProcess) -> 
     timing: dict[str, float] = {}
     async with client_of(srv) as client:
         queue = UpsertQueue(
-            client, max_batch_size=20, flush_interval=0.05, backoff=FAST, shutdown_timeout=10.0
+            client,
+            max_batch_size=20,
+            flush_interval=0.05,
+            backoff=OUTAGE_BACKOFF,
+            shutdown_timeout=10.0,
         )
         async with timed_exit(queue, timing):
             for index in range(12):
@@ -334,7 +337,7 @@ async def test_server_that_never_answers(srv: ServerProcess) -> None:
             client,
             max_batch_size=5,
             flush_interval=0.01,
-            backoff=FAST,
+            backoff=OUTAGE_BACKOFF,
             request_timeout=0.3,
             retry_deadline=0.8,
             shutdown_timeout=1.5,
@@ -361,7 +364,7 @@ async def test_refused_connection_queue_counts_and_exits(srv: ServerProcess) -> 
         queue = UpsertQueue(
             client,
             flush_interval=0.01,
-            backoff=FAST,
+            backoff=OUTAGE_BACKOFF,
             retry_deadline=0.5,
             shutdown_timeout=2.0,
         )
@@ -398,7 +401,7 @@ async def test_producers_in_a_cancelled_scope_still_get_delivered(srv: ServerPro
     trace = f"cancelled-{time.monotonic_ns()}"
     async with (
         client_of(srv) as client,
-        UpsertQueue(client, flush_interval=0.05, backoff=FAST) as queue,
+        UpsertQueue(client, flush_interval=0.05, backoff=OUTAGE_BACKOFF) as queue,
     ):
 
         async def producer(worker: int) -> None:
@@ -427,7 +430,9 @@ async def test_queue_exit_inside_a_cancelled_scope_still_drains(srv: ServerProce
     await call(srv, "set_faults", latency=0.3)
     timing: dict[str, float] = {}
     async with client_of(srv) as client:
-        queue = UpsertQueue(client, flush_interval=0.01, backoff=FAST, shutdown_timeout=2.0)
+        queue = UpsertQueue(
+            client, flush_interval=0.01, backoff=OUTAGE_BACKOFF, shutdown_timeout=2.0
+        )
         with anyio.move_on_after(0.1):
             async with timed_exit(queue, timing):
                 await produce(queue, trace, 8)
@@ -459,7 +464,7 @@ async def test_keyboard_interrupt_during_flush(srv: ServerProcess, server_state:
             client,
             max_batch_size=4,
             flush_interval=0.01,
-            backoff=FAST,
+            backoff=OUTAGE_BACKOFF,
             request_timeout=30.0,
             shutdown_timeout=shutdown_timeout,
         )
@@ -550,7 +555,7 @@ async def test_forked_child_never_reuses_the_parents_queue_or_connections() -> N
             account_id=DEFAULT_ACCOUNT_ID,
             base_url="http://127.0.0.1/public",
             transport=asgi_transport(app),
-            backoff=FAST,
+            backoff=OUTAGE_BACKOFF,
         ) as client,
         UpsertQueue(client, flush_interval=0.01) as queue,
     ):

@@ -10,7 +10,7 @@ import anyio
 import pytest
 from starlette.applications import Starlette
 
-from sgp_client import AsyncSGPClient, Backoff, UpsertQueue
+from sgp_client import AsyncSGPClient, UpsertQueue
 from sgp_client.testing import (
     DEFAULT_ACCOUNT_ID,
     DEFAULT_API_KEY,
@@ -18,6 +18,7 @@ from sgp_client.testing import (
     asgi_transport,
 )
 from sgp_tracing import SGPTracingProcessor, Span, Tracer
+from tests._helpers import FAST_BACKOFF
 
 pytestmark = pytest.mark.anyio
 
@@ -34,7 +35,7 @@ async def traced_queue(app: Starlette) -> AsyncIterator[tuple[Tracer, UpsertQueu
             base_url=BASE_URL,
             api_key=DEFAULT_API_KEY,
             account_id=DEFAULT_ACCOUNT_ID,
-            backoff=Backoff(initial=0.001, maximum=0.01),
+            backoff=FAST_BACKOFF,
         ) as client,
         UpsertQueue(client, flush_interval=0.01) as queue,
     ):

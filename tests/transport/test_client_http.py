@@ -25,7 +25,6 @@ from sgp_client import (
     APIStatusError,
     APITimeoutError,
     AsyncSGPClient,
-    Backoff,
     ConflictError,
     InternalServerError,
     NotFoundError,
@@ -35,9 +34,9 @@ from sgp_client import (
     SpanItem,
 )
 from sgp_client.testing import ServerProcess
+from tests._helpers import FAST_BACKOFF
 
 START = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-FAST = Backoff(initial=0.001, maximum=0.01)
 
 
 def span(name: str = "step", trace_id: str = "trace-http", **fields: Any) -> SpanItem:
@@ -49,7 +48,7 @@ def client_of(server: ServerProcess, **kwargs: Any) -> AsyncSGPClient:
         "api_key": server.api_key,
         "account_id": server.account_id,
         "base_url": server.base_url,
-        "backoff": FAST,
+        "backoff": FAST_BACKOFF,
     }
     settings.update(kwargs)
     return AsyncSGPClient(**settings)
@@ -207,7 +206,7 @@ async def test_refused_connection() -> None:
         api_key="sk-x-1234567890",
         account_id="a",
         base_url=f"http://127.0.0.1:{port}/public",
-        backoff=FAST,
+        backoff=FAST_BACKOFF,
         max_retries=1,
     ) as sgp:
         with pytest.raises(APIConnectionError, match="ConnectError"):

@@ -31,7 +31,6 @@ from sgp_client import (
     APIConnectionError,
     APITimeoutError,
     AsyncSGPClient,
-    Backoff,
     InternalServerError,
     NotFoundError,
     RateLimitError,
@@ -47,11 +46,11 @@ from sgp_client.testing import (
     asgi_transport,
     create_app,
 )
+from tests._helpers import FAST_BACKOFF
 
 pytestmark = pytest.mark.anyio
 
 START = datetime(2025, 5, 1, 12, 0, tzinfo=UTC)
-FAST = Backoff(initial=0.001, maximum=0.01)
 KEY = "sk-wire-test-SECRET-0123456789"
 
 
@@ -69,7 +68,7 @@ def client_of(server: ServerProcess, **kwargs: Any) -> AsyncSGPClient:
         "api_key": server.api_key,
         "account_id": server.account_id,
         "base_url": server.base_url,
-        "backoff": FAST,
+        "backoff": FAST_BACKOFF,
         "max_retries": 0,
     }
     settings.update(kwargs)
@@ -299,7 +298,7 @@ def raw_client(server: RawServer, *, scheme: str = "http", **kwargs: Any) -> Asy
         api_key=KEY,
         account_id="acct-wire",
         base_url=f"{scheme}://127.0.0.1:{server.port}/public",
-        backoff=FAST,
+        backoff=FAST_BACKOFF,
         max_retries=0,
         **kwargs,
     )

@@ -1,0 +1,21 @@
+"""Plain helpers shared by the tests: constants, span builders, client factories, watchers.
+
+Fixtures live in ``tests/conftest.py``, where pytest finds them by name. What a test reads or
+calls lives here and is imported by name (``from tests._helpers import FAST_BACKOFF``): the
+import line shows a reader where it comes from, mypy checks it, and it is imported once under
+one name (a ``conftest`` module imported by hand can end up loaded twice).
+"""
+
+from __future__ import annotations
+
+from sgp_client import Backoff
+
+#: Base URL of the in-process app (loopback, so plain http is allowed; nothing listens there).
+IN_PROCESS_BASE_URL = "http://127.0.0.1/public"
+
+#: Short waits between retries: tests exercise the retry logic, not its default pacing.
+FAST_BACKOFF = Backoff(initial=0.001, maximum=0.01)
+#: Retries paced for outages of seconds over loopback (a killed server, 503 for 1.5 s): at
+#: ``FAST_BACKOFF`` pace the queue would send hundreds of requests into the outage and load
+#: the server subprocess on a shared machine; this still retries several times a second.
+OUTAGE_BACKOFF = Backoff(initial=0.01, maximum=0.2)
