@@ -8,6 +8,8 @@ one name (a ``conftest`` module imported by hand can end up loaded twice).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from sgp_client import Backoff
 
 #: Base URL of the in-process app (loopback, so plain http is allowed; nothing listens there).
@@ -19,3 +21,11 @@ FAST_BACKOFF = Backoff(initial=0.001, maximum=0.01)
 #: ``FAST_BACKOFF`` pace the queue would send hundreds of requests into the outage and load
 #: the server subprocess on a shared machine; this still retries several times a second.
 OUTAGE_BACKOFF = Backoff(initial=0.01, maximum=0.2)
+
+#: When every test span starts (a fixed instant, so payloads and assertions are exact).
+START = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+#: When a completed test span ends: one second after ``START``.
+END = START + timedelta(seconds=1)
+#: ``START`` / ``END`` as JSON text, for tests that speak raw HTTP to the server.
+START_ISO = START.isoformat()
+END_ISO = END.isoformat()

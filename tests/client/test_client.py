@@ -7,7 +7,7 @@ class, retries under injected faults, the call deadline, and API-key hygiene in 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
@@ -39,9 +39,7 @@ from sgp_client.testing import (
     ServerControl,
     asgi_transport,
 )
-from tests._helpers import FAST_BACKOFF
-
-START = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+from tests._helpers import FAST_BACKOFF, START
 
 
 def span(name: str = "step", trace_id: str = "trace-1", **fields: Any) -> SpanItem:

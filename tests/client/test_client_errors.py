@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -37,12 +36,11 @@ from sgp_client import (
     SpanItem,
     UnprocessableEntityError,
 )
-from tests._helpers import FAST_BACKOFF
+from tests._helpers import FAST_BACKOFF, START
 
 KEY = "sk-mock-0123456789abcdefSECRET"
 ACCOUNT = "acct-mock"
 BASE = "http://127.0.0.1:9/public"
-START = datetime(2025, 3, 1, 12, tzinfo=UTC)
 
 Handler = (
     Callable[[httpx.Request], httpx.Response]

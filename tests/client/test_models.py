@@ -25,8 +25,10 @@ from sgp_client import (
     new_span_id,
 )
 from sgp_client._serialization import encode_item, encode_items_body, structure, unstructure
+from tests._helpers import START as SHARED_START
 
-START = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+#: The shared start with microseconds, so the wire format's sub-second precision shows.
+START = SHARED_START.replace(microsecond=123456)
 
 
 def item(**changes: Any) -> SpanItem:

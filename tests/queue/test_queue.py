@@ -11,7 +11,7 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
@@ -45,12 +45,11 @@ from sgp_client.testing import (
     asgi_transport,
     get_control,
 )
-from tests._helpers import FAST_BACKOFF
+from tests._helpers import FAST_BACKOFF, START
 
 pytestmark = pytest.mark.anyio
 
 BASE_URL = "http://127.0.0.1/public"
-START = datetime(2025, 1, 15, 12, 0, 0, tzinfo=UTC)
 QUEUE_LOGGER = "sgp_client.queue"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -19,11 +19,9 @@ import pytest
 
 from sgp_client import AsyncSGPClient, DropReason, QueueStats, SpanItem, UpsertQueue
 from sgp_client.testing import ServerProcess
-from tests._helpers import OUTAGE_BACKOFF
+from tests._helpers import OUTAGE_BACKOFF, START
 
 pytestmark = pytest.mark.anyio
-
-START = datetime(2025, 1, 15, 12, 0, 0, tzinfo=UTC)
 
 
 def span(key: str, *, end: bool = False, trace: str = "trace-1") -> SpanItem:

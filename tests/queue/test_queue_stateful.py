@@ -12,7 +12,7 @@ a thread, on asyncio or trio) for the whole example, and each rule calls into it
 from __future__ import annotations
 
 from contextlib import ExitStack
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import anyio.from_thread
@@ -37,9 +37,8 @@ from sgp_client.testing import (
     create_app,
     get_control,
 )
-from tests._helpers import FAST_BACKOFF
+from tests._helpers import FAST_BACKOFF, START
 
-START = datetime(2025, 1, 15, 12, 0, 0, tzinfo=UTC)
 KEYS = [("trace-a", "s1"), ("trace-a", "s2"), ("trace-a", "s3"), ("trace-b", "s1")]
 
 # No NUL: the server would store it as U+FFFD (tested elsewhere), not what the model says.

@@ -26,10 +26,10 @@ from sgp_client.testing import (
     create_app,
     get_control,
 )
+from tests._helpers import END_ISO as END
+from tests._helpers import START_ISO as START
 
 AUTH = {"x-api-key": DEFAULT_API_KEY, "x-selected-account-id": DEFAULT_ACCOUNT_ID}
-START = "2025-03-01T12:00:00+00:00"
-END = "2025-03-01T12:00:01+00:00"
 
 
 def span(span_id: str = "s1", trace_id: str = "t1", **fields: Any) -> dict[str, Any]:

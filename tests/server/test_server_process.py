@@ -12,8 +12,7 @@ import httpx
 import pytest
 
 from sgp_client.testing import ServerProcess
-
-START = "2025-03-01T12:00:00Z"
+from tests._helpers import START_ISO as START
 
 
 def span(span_id: str, **fields: Any) -> dict[str, Any]:

@@ -38,10 +38,8 @@ from sgp_client.testing import (
 )
 from sgp_tracing import SGPTracingProcessor, Span
 from sgp_tracing._processor import DEFAULT_MAX_PAYLOAD_BYTES
-from tests._helpers import FAST_BACKOFF
+from tests._helpers import END, FAST_BACKOFF, START
 
-START = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-END = START + timedelta(seconds=1)
 #: The longest the event loop may be blocked by one hostile input (liveness, generous).
 MAX_GAP = 1.0
 TEN_MB = 10 * 1024 * 1024

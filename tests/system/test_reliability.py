@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +42,8 @@ from sgp_client.testing import (
     create_app,
     get_control,
 )
-from tests._helpers import OUTAGE_BACKOFF
+from tests._helpers import OUTAGE_BACKOFF, START
 
-START = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 #: Slack on top of a deadline: scheduling, a subprocess on a loaded CI machine.
 MARGIN = 2.0
 

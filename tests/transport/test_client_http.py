@@ -14,7 +14,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -34,9 +34,7 @@ from sgp_client import (
     SpanItem,
 )
 from sgp_client.testing import ServerProcess
-from tests._helpers import FAST_BACKOFF
-
-START = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+from tests._helpers import FAST_BACKOFF, START
 
 
 def span(name: str = "step", trace_id: str = "trace-http", **fields: Any) -> SpanItem:

@@ -11,7 +11,7 @@ import logging
 import ssl
 import traceback
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -39,9 +39,8 @@ from sgp_client.testing import (
     ServerProcess,
     asgi_transport,
 )
-from tests._helpers import FAST_BACKOFF
+from tests._helpers import FAST_BACKOFF, START
 
-START = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 SECRET_KEY = "sk-live-SECRET-0123456789abcdefXYZ"
 MARK = REDACTED.decode()
 

@@ -16,7 +16,6 @@ import subprocess
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +45,10 @@ from sgp_client.testing import (
     asgi_transport,
     create_app,
 )
-from tests._helpers import FAST_BACKOFF
+from tests._helpers import FAST_BACKOFF, START
 
 pytestmark = pytest.mark.anyio
 
-START = datetime(2025, 5, 1, 12, 0, tzinfo=UTC)
 KEY = "sk-wire-test-SECRET-0123456789"
 
 
