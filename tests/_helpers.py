@@ -9,8 +9,9 @@ one name (a ``conftest`` module imported by hand can end up loaded twice).
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sgp_client import Backoff
+from sgp_client import Backoff, SpanItem
 
 #: Base URL of the in-process app (loopback, so plain http is allowed; nothing listens there).
 IN_PROCESS_BASE_URL = "http://127.0.0.1/public"
@@ -29,3 +30,28 @@ END = START + timedelta(seconds=1)
 #: ``START`` / ``END`` as JSON text, for tests that speak raw HTTP to the server.
 START_ISO = START.isoformat()
 END_ISO = END.isoformat()
+
+
+def span_item(
+    name: str = "step", *, trace_id: str = "trace-1", end: bool = False, **fields: Any
+) -> SpanItem:
+    """A valid ``SpanItem`` starting at ``START``; ``end=True`` completes it at ``END``.
+
+    Any other field (``id``, ``input``, ``end_timestamp``...) is passed through as given.
+    """
+    values: dict[str, Any] = {"name": name, "trace_id": trace_id, "start_timestamp": START}
+    if end:
+        values["end_timestamp"] = END
+    values.update(fields)
+    return SpanItem(**values)
+
+
+def span_json(span_id: str = "s1", trace_id: str = "t1", **fields: Any) -> dict[str, Any]:
+    """A span as the API's JSON carries it (request item or response body), from ``START``."""
+    return {
+        "id": span_id,
+        "trace_id": trace_id,
+        "name": "op",
+        "start_timestamp": START_ISO,
+        **fields,
+    }

@@ -40,10 +40,7 @@ from sgp_client.testing import (
     asgi_transport,
 )
 from tests._helpers import FAST_BACKOFF, START
-
-
-def span(name: str = "step", trace_id: str = "trace-1", **fields: Any) -> SpanItem:
-    return SpanItem(name=name, trace_id=trace_id, start_timestamp=START, **fields)
+from tests._helpers import span_item as span
 
 
 def other_client(app: Starlette, **kwargs: Any) -> AsyncSGPClient:

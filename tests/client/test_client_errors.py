@@ -36,7 +36,7 @@ from sgp_client import (
     SpanItem,
     UnprocessableEntityError,
 )
-from tests._helpers import FAST_BACKOFF, START
+from tests._helpers import FAST_BACKOFF, span_item, span_json
 
 KEY = "sk-mock-0123456789abcdefSECRET"
 ACCOUNT = "acct-mock"
@@ -75,16 +75,6 @@ def make_client(handler: Handler, **kwargs: Any) -> AsyncSGPClient:
     return AsyncSGPClient(**settings)
 
 
-def span_json(span_id: str = "s1", **extra: Any) -> dict[str, Any]:
-    return {
-        "id": span_id,
-        "trace_id": "t1",
-        "name": "n",
-        "start_timestamp": "2025-03-01T12:00:00Z",
-        **extra,
-    }
-
-
 def ok_list(*ids: str) -> httpx.Response:
     return httpx.Response(200, json={"items": [span_json(i) for i in ids], "object": "list"})
 
@@ -94,7 +84,7 @@ def error(status: int, detail: Any = "nope", **headers: str) -> httpx.Response:
 
 
 def item(span_id: str = "s1") -> SpanItem:
-    return SpanItem(id=span_id, name="n", trace_id="t1", start_timestamp=START)
+    return span_item("n", trace_id="t1", id=span_id)
 
 
 # -- requests ---------------------------------------------------------------------------------

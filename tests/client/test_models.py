@@ -26,15 +26,15 @@ from sgp_client import (
 )
 from sgp_client._serialization import encode_item, encode_items_body, structure, unstructure
 from tests._helpers import START as SHARED_START
+from tests._helpers import span_item
 
 #: The shared start with microseconds, so the wire format's sub-second precision shows.
 START = SHARED_START.replace(microsecond=123456)
 
 
 def item(**changes: Any) -> SpanItem:
-    fields: dict[str, Any] = {"name": "step", "trace_id": "trace-1", "start_timestamp": START}
-    fields.update(changes)
-    return SpanItem(**fields)
+    values: dict[str, Any] = {"start_timestamp": START, **changes}
+    return span_item(**values)
 
 
 def decoded(span: SpanItem) -> dict[str, Any]:

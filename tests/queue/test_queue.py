@@ -45,7 +45,7 @@ from sgp_client.testing import (
     asgi_transport,
     get_control,
 )
-from tests._helpers import FAST_BACKOFF, START
+from tests._helpers import FAST_BACKOFF, START, span_item
 
 pytestmark = pytest.mark.anyio
 
@@ -65,14 +65,8 @@ def span(
     **fields: Any,
 ) -> SpanItem:
     """A span item keyed (trace, key); ``version`` lands in metadata to tell writes apart."""
-    return SpanItem(
-        name=f"span-{key}",
-        trace_id=trace,
-        id=key,
-        start_timestamp=START,
-        end_timestamp=START + timedelta(seconds=1) if end else None,
-        metadata={"version": version},
-        **fields,
+    return span_item(
+        f"span-{key}", trace_id=trace, id=key, end=end, metadata={"version": version}, **fields
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -19,18 +18,17 @@ import pytest
 
 from sgp_client import AsyncSGPClient, DropReason, QueueStats, SpanItem, UpsertQueue
 from sgp_client.testing import ServerProcess
-from tests._helpers import OUTAGE_BACKOFF, START
+from tests._helpers import OUTAGE_BACKOFF, span_item
 
 pytestmark = pytest.mark.anyio
 
 
 def span(key: str, *, end: bool = False, trace: str = "trace-1") -> SpanItem:
-    return SpanItem(
-        name=f"span-{key}",
+    return span_item(
+        f"span-{key}",
         trace_id=trace,
         id=key,
-        start_timestamp=START,
-        end_timestamp=START + timedelta(seconds=1) if end else None,
+        end=end,
         input={"key": key},
         output={"done": True} if end else None,
     )

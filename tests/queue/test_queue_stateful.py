@@ -37,7 +37,7 @@ from sgp_client.testing import (
     create_app,
     get_control,
 )
-from tests._helpers import FAST_BACKOFF, START
+from tests._helpers import FAST_BACKOFF, START, span_item
 
 KEYS = [("trace-a", "s1"), ("trace-a", "s2"), ("trace-a", "s3"), ("trace-b", "s1")]
 
@@ -99,11 +99,10 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
 
         def _item(self, key: tuple[str, str], *, end: bool, payload: dict[str, Any]) -> SpanItem:
             self.version += 1
-            return SpanItem(
-                name=f"span-{key[1]}",
+            return span_item(
+                f"span-{key[1]}",
                 trace_id=key[0],
                 id=key[1],
-                start_timestamp=START,
                 end_timestamp=START + timedelta(seconds=self.version) if end else None,
                 input=payload,
                 metadata={"version": self.version},

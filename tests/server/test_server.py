@@ -28,12 +28,9 @@ from sgp_client.testing import (
 )
 from tests._helpers import END_ISO as END
 from tests._helpers import START_ISO as START
+from tests._helpers import span_json as span
 
 AUTH = {"x-api-key": DEFAULT_API_KEY, "x-selected-account-id": DEFAULT_ACCOUNT_ID}
-
-
-def span(span_id: str = "s1", trace_id: str = "t1", **fields: Any) -> dict[str, Any]:
-    return {"id": span_id, "trace_id": trace_id, "name": "op", "start_timestamp": START, **fields}
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ from sgp_client.testing import (
 )
 from sgp_tracing import SGPTracingProcessor, Span
 from sgp_tracing._processor import DEFAULT_MAX_PAYLOAD_BYTES
-from tests._helpers import END, FAST_BACKOFF, START
+from tests._helpers import END, FAST_BACKOFF, START, span_item
 
 #: The longest the event loop may be blocked by one hostile input (liveness, generous).
 MAX_GAP = 1.0
@@ -80,9 +80,8 @@ async def ticker() -> AsyncIterator[list[float]]:
 
 
 def item(**fields: Any) -> SpanItem:
-    settings: dict[str, Any] = {"name": "n", "trace_id": "t", "start_timestamp": START}
-    settings.update(fields)
-    return SpanItem(**settings)
+    values: dict[str, Any] = {"name": "n", "trace_id": "t", **fields}
+    return span_item(**values)
 
 
 # ------------------------------------------------------------------ every field, wrong values

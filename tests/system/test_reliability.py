@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from sgp_client.testing import (
     create_app,
     get_control,
 )
-from tests._helpers import OUTAGE_BACKOFF, START
+from tests._helpers import OUTAGE_BACKOFF, span_item
 
 #: Slack on top of a deadline: scheduling, a subprocess on a loaded CI machine.
 MARGIN = 2.0
@@ -81,12 +80,11 @@ def client_of(srv: ServerProcess, **overrides: Any) -> AsyncSGPClient:
 
 
 def span(trace: str, index: int, *, end: bool, payload_bytes: int = 0) -> SpanItem:
-    return SpanItem(
-        name=f"step-{index}",
+    return span_item(
+        f"step-{index}",
         trace_id=trace,
         id=f"{trace}-{index:04d}",
-        start_timestamp=START,
-        end_timestamp=START + timedelta(seconds=1) if end else None,
+        end=end,
         input={"i": index, "pad": "x" * payload_bytes},
     )
 

@@ -6,6 +6,7 @@ connections, the environment-only configuration a new user relies on, httpcore's
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -31,14 +32,12 @@ from sgp_client import (
     PermissionDeniedError,
     RateLimitError,
     RequestTooLargeError,
-    SpanItem,
 )
 from sgp_client.testing import ServerProcess
-from tests._helpers import FAST_BACKOFF, START
+from tests._helpers import FAST_BACKOFF, START, span_item
 
-
-def span(name: str = "step", trace_id: str = "trace-http", **fields: Any) -> SpanItem:
-    return SpanItem(name=name, trace_id=trace_id, start_timestamp=START, **fields)
+#: This file's spans share one trace, so a search by trace finds exactly them.
+span = functools.partial(span_item, trace_id="trace-http")
 
 
 def client_of(server: ServerProcess, **kwargs: Any) -> AsyncSGPClient:

@@ -9,6 +9,7 @@ a request).
 
 from __future__ import annotations
 
+import functools
 import gzip
 import shutil
 import ssl
@@ -34,7 +35,6 @@ from sgp_client import (
     NotFoundError,
     RateLimitError,
     RequestTooLargeError,
-    SpanItem,
     _wire,
 )
 from sgp_client._wire import MAX_HEAD, WirePool
@@ -45,15 +45,15 @@ from sgp_client.testing import (
     asgi_transport,
     create_app,
 )
-from tests._helpers import FAST_BACKOFF, START
+from tests._helpers import FAST_BACKOFF, span_item
 
 pytestmark = pytest.mark.anyio
 
 KEY = "sk-wire-test-SECRET-0123456789"
 
 
-def span(name: str = "step", trace_id: str = "trace-wire", **fields: Any) -> SpanItem:
-    return SpanItem(name=name, trace_id=trace_id, start_timestamp=START, **fields)
+#: This file's spans share one trace, so a search by trace finds exactly them.
+span = functools.partial(span_item, trace_id="trace-wire")
 
 
 def pool(client: AsyncSGPClient) -> WirePool:
