@@ -11,7 +11,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sgp_client import Backoff, SpanItem
+from starlette.types import ASGIApp
+
+from sgp_client import AsyncSGPClient, Backoff, SpanItem
+from sgp_client.testing import DEFAULT_ACCOUNT_ID, DEFAULT_API_KEY, ServerProcess, asgi_transport
 
 #: Base URL of the in-process app (loopback, so plain http is allowed; nothing listens there).
 IN_PROCESS_BASE_URL = "http://127.0.0.1/public"
@@ -55,3 +58,31 @@ def span_json(span_id: str = "s1", trace_id: str = "t1", **fields: Any) -> dict[
         "start_timestamp": START_ISO,
         **fields,
     }
+
+
+def in_process_client(app: ASGIApp, **overrides: Any) -> AsyncSGPClient:
+    """A client of the in-process ``app`` (``asgi_transport``), with ``FAST_BACKOFF``.
+
+    The ``client`` fixture is one; call this for a second client or other settings.
+    """
+    settings: dict[str, Any] = {
+        "api_key": DEFAULT_API_KEY,
+        "account_id": DEFAULT_ACCOUNT_ID,
+        "base_url": IN_PROCESS_BASE_URL,
+        "transport": asgi_transport(app),
+        "backoff": FAST_BACKOFF,
+    }
+    settings.update(overrides)
+    return AsyncSGPClient(**settings)
+
+
+def loopback_client(server: ServerProcess, **overrides: Any) -> AsyncSGPClient:
+    """A client of ``server`` over real loopback HTTP (the transport production uses)."""
+    settings: dict[str, Any] = {
+        "api_key": server.api_key,
+        "account_id": server.account_id,
+        "base_url": server.base_url,
+        "backoff": FAST_BACKOFF,
+    }
+    settings.update(overrides)
+    return AsyncSGPClient(**settings)

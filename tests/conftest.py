@@ -19,18 +19,15 @@ from starlette.applications import Starlette
 
 from sgp_client import AsyncSGPClient
 from sgp_client.testing import (
-    DEFAULT_ACCOUNT_ID,
-    DEFAULT_API_KEY,
     ServerControl,
     ServerProcess,
-    asgi_transport,
     create_app,
     get_control,
 )
 
 # Re-exported: the brief names ``tests.conftest.FAST_BACKOFF``; new code imports ``tests._helpers``.
 from tests._helpers import FAST_BACKOFF as FAST_BACKOFF
-from tests._helpers import IN_PROCESS_BASE_URL
+from tests._helpers import in_process_client
 
 
 @pytest.fixture
@@ -48,13 +45,7 @@ def control(app: Starlette) -> ServerControl:
 @pytest.fixture
 async def client(app: Starlette) -> AsyncIterator[AsyncSGPClient]:
     """A client of ``app`` (in-process), closed after the test."""
-    async with AsyncSGPClient(
-        api_key=DEFAULT_API_KEY,
-        account_id=DEFAULT_ACCOUNT_ID,
-        base_url=IN_PROCESS_BASE_URL,
-        transport=asgi_transport(app),
-        backoff=FAST_BACKOFF,
-    ) as sgp:
+    async with in_process_client(app) as sgp:
         yield sgp
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Any
 
 import anyio
 import httpx
@@ -39,21 +38,9 @@ from sgp_client.testing import (
     ServerControl,
     asgi_transport,
 )
-from tests._helpers import FAST_BACKOFF, START
+from tests._helpers import START
+from tests._helpers import in_process_client as other_client
 from tests._helpers import span_item as span
-
-
-def other_client(app: Starlette, **kwargs: Any) -> AsyncSGPClient:
-    settings: dict[str, Any] = {
-        "api_key": DEFAULT_API_KEY,
-        "account_id": DEFAULT_ACCOUNT_ID,
-        "base_url": "http://127.0.0.1/public",
-        "transport": asgi_transport(app),
-        "backoff": FAST_BACKOFF,
-    }
-    settings.update(kwargs)
-    return AsyncSGPClient(**settings)
-
 
 # -- round trips ------------------------------------------------------------------------------
 

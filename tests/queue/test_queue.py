@@ -45,11 +45,11 @@ from sgp_client.testing import (
     asgi_transport,
     get_control,
 )
-from tests._helpers import FAST_BACKOFF, START, span_item
+from tests._helpers import FAST_BACKOFF, START, in_process_client, span_item
+from tests._helpers import IN_PROCESS_BASE_URL as BASE_URL
 
 pytestmark = pytest.mark.anyio
 
-BASE_URL = "http://127.0.0.1/public"
 QUEUE_LOGGER = "sgp_client.queue"
 
 
@@ -167,13 +167,7 @@ async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
 async def sgp_client(
     app: ASGIApp, *, api_key: str = DEFAULT_API_KEY, base_url: str = BASE_URL
 ) -> AsyncIterator[AsyncSGPClient]:
-    async with AsyncSGPClient(
-        api_key=api_key,
-        account_id=DEFAULT_ACCOUNT_ID,
-        base_url=base_url,
-        transport=asgi_transport(app),
-        max_retries=0,
-    ) as client:
+    async with in_process_client(app, api_key=api_key, base_url=base_url, max_retries=0) as client:
         yield client
 
 

@@ -16,9 +16,9 @@ import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
-from sgp_client import AsyncSGPClient, DropReason, QueueStats, SpanItem, UpsertQueue
+from sgp_client import DropReason, QueueStats, SpanItem, UpsertQueue
 from sgp_client.testing import ServerProcess
-from tests._helpers import OUTAGE_BACKOFF, span_item
+from tests._helpers import OUTAGE_BACKOFF, loopback_client, span_item
 
 pytestmark = pytest.mark.anyio
 
@@ -32,17 +32,6 @@ def span(key: str, *, end: bool = False, trace: str = "trace-1") -> SpanItem:
         input={"key": key},
         output={"done": True} if end else None,
     )
-
-
-@asynccontextmanager
-async def loopback_client(server: ServerProcess) -> AsyncIterator[AsyncSGPClient]:
-    async with AsyncSGPClient(
-        api_key=server.api_key,
-        account_id=server.account_id,
-        base_url=server.base_url,
-        max_retries=0,
-    ) as client:
-        yield client
 
 
 class Sampler:
@@ -101,7 +90,7 @@ def assert_all_completed(server: ServerProcess, count: int) -> None:
 
 @pytest.mark.slow
 async def test_burst_of_20000_spans_with_defaults(server: ServerProcess) -> None:
-    async with loopback_client(server) as client:
+    async with loopback_client(server, max_retries=0) as client:
         queue = UpsertQueue(client)
         async with sampled(queue), queue:
             await produce(queue, 20_000)
@@ -119,7 +108,7 @@ async def test_burst_of_20000_spans_with_defaults(server: ServerProcess) -> None
 
 async def test_every_second_request_answered_503(server: ServerProcess) -> None:
     await server_call(server, "set_faults", status_code=503, status_every_n=2, retry_after="0")
-    async with loopback_client(server) as client:
+    async with loopback_client(server, max_retries=0) as client:
         queue = UpsertQueue(client, max_batch_size=100, backoff=OUTAGE_BACKOFF)
         async with sampled(queue), queue:
             await produce(queue, 3000)
@@ -136,7 +125,7 @@ async def test_every_second_request_answered_503(server: ServerProcess) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["503", "drop"])
 async def test_five_second_outage_loses_nothing(server: ServerProcess, mode: str) -> None:
-    async with loopback_client(server) as client:
+    async with loopback_client(server, max_retries=0) as client:
         queue = UpsertQueue(
             client, backoff=OUTAGE_BACKOFF, retry_deadline=30.0, shutdown_timeout=20.0
         )
@@ -160,7 +149,7 @@ async def test_five_second_outage_loses_nothing(server: ServerProcess, mode: str
 
 @pytest.mark.slow
 async def test_server_killed_and_restarted_loses_nothing(server: ServerProcess) -> None:
-    async with loopback_client(server) as client:
+    async with loopback_client(server, max_retries=0) as client:
         queue = UpsertQueue(
             client, backoff=OUTAGE_BACKOFF, retry_deadline=30.0, request_timeout=5.0
         )
@@ -182,7 +171,7 @@ async def test_server_killed_and_restarted_loses_nothing(server: ServerProcess) 
 
 async def test_request_timeout_retries_a_hung_request(server: ServerProcess) -> None:
     await server_call(server, "set_faults", hang=True)
-    async with loopback_client(server) as client:
+    async with loopback_client(server, max_retries=0) as client:
         queue = UpsertQueue(
             client, request_timeout=0.3, backoff=OUTAGE_BACKOFF, flush_interval=0.01
         )
@@ -202,7 +191,7 @@ async def test_request_timeout_retries_a_hung_request(server: ServerProcess) -> 
 async def test_exit_against_a_server_that_never_answers(server: ServerProcess) -> None:
     await server_call(server, "set_faults", hang=True)
     shutdown_timeout = 1.0
-    async with loopback_client(server) as client:
+    async with loopback_client(server, max_retries=0) as client:
         queue = UpsertQueue(
             client,
             shutdown_timeout=shutdown_timeout,

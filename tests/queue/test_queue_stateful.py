@@ -28,16 +28,13 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from sgp_client import AsyncSGPClient, DropReason, QueueStats, SpanItem, UpsertQueue
+from sgp_client import DropReason, QueueStats, SpanItem, UpsertQueue
 from sgp_client.testing import (
-    DEFAULT_ACCOUNT_ID,
-    DEFAULT_API_KEY,
     ServerControl,
-    asgi_transport,
     create_app,
     get_control,
 )
-from tests._helpers import FAST_BACKOFF, START, span_item
+from tests._helpers import FAST_BACKOFF, START, in_process_client, span_item
 
 KEYS = [("trace-a", "s1"), ("trace-a", "s2"), ("trace-a", "s3"), ("trace-b", "s1")]
 
@@ -65,11 +62,8 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
             self.portal = self.stack.enter_context(anyio.from_thread.start_blocking_portal(backend))
             self.app = create_app()
             self.control: ServerControl = get_control(self.app)
-            client = AsyncSGPClient(
-                api_key=DEFAULT_API_KEY,
-                account_id=DEFAULT_ACCOUNT_ID,
-                base_url="http://127.0.0.1/public",
-                transport=asgi_transport(self.app),
+            client = in_process_client(
+                self.app,
                 max_retries=0,
                 # The model compares payloads byte for byte; redaction has its own tests.
                 redact=None,

@@ -31,14 +31,11 @@ from sgp_client import (
     UpsertQueue,
 )
 from sgp_client.testing import (
-    DEFAULT_ACCOUNT_ID,
-    DEFAULT_API_KEY,
     ServerControl,
-    asgi_transport,
 )
 from sgp_tracing import SGPTracingProcessor, Span
 from sgp_tracing._processor import DEFAULT_MAX_PAYLOAD_BYTES
-from tests._helpers import END, FAST_BACKOFF, START, span_item
+from tests._helpers import END, START, in_process_client, span_item
 
 #: The longest the event loop may be blocked by one hostile input (liveness, generous).
 MAX_GAP = 1.0
@@ -47,14 +44,7 @@ TEN_MB = 10 * 1024 * 1024
 
 @pytest.fixture
 async def sgp(app: Starlette) -> AsyncIterator[AsyncSGPClient]:
-    async with AsyncSGPClient(
-        api_key=DEFAULT_API_KEY,
-        account_id=DEFAULT_ACCOUNT_ID,
-        base_url="http://127.0.0.1/public",
-        transport=asgi_transport(app),
-        backoff=FAST_BACKOFF,
-        max_retries=0,
-    ) as client:
+    async with in_process_client(app, max_retries=0) as client:
         yield client
 
 

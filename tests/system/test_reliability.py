@@ -41,7 +41,7 @@ from sgp_client.testing import (
     create_app,
     get_control,
 )
-from tests._helpers import OUTAGE_BACKOFF, span_item
+from tests._helpers import OUTAGE_BACKOFF, loopback_client, span_item
 
 #: Slack on top of a deadline: scheduling, a subprocess on a loaded CI machine.
 MARGIN = 2.0
@@ -67,16 +67,14 @@ def srv(srv_process: ServerProcess) -> Iterator[ServerProcess]:
 
 
 def client_of(srv: ServerProcess, **overrides: Any) -> AsyncSGPClient:
+    """Direct calls ride out the short outages here: outage pacing, 5 retries, 20 s deadline."""
     settings: dict[str, Any] = {
-        "api_key": srv.api_key,
-        "account_id": srv.account_id,
-        "base_url": srv.base_url,
         "backoff": OUTAGE_BACKOFF,
         "max_retries": 5,
         "call_timeout": 20.0,
+        **overrides,
     }
-    settings.update(overrides)
-    return AsyncSGPClient(**settings)
+    return loopback_client(srv, **settings)
 
 
 def span(trace: str, index: int, *, end: bool, payload_bytes: int = 0) -> SpanItem:

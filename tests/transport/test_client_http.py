@@ -35,20 +35,10 @@ from sgp_client import (
 )
 from sgp_client.testing import ServerProcess
 from tests._helpers import FAST_BACKOFF, START, span_item
+from tests._helpers import loopback_client as client_of
 
 #: This file's spans share one trace, so a search by trace finds exactly them.
 span = functools.partial(span_item, trace_id="trace-http")
-
-
-def client_of(server: ServerProcess, **kwargs: Any) -> AsyncSGPClient:
-    settings: dict[str, Any] = {
-        "api_key": server.api_key,
-        "account_id": server.account_id,
-        "base_url": server.base_url,
-        "backoff": FAST_BACKOFF,
-    }
-    settings.update(kwargs)
-    return AsyncSGPClient(**settings)
 
 
 @pytest.fixture

@@ -33,13 +33,10 @@ from sgp_client import (
 )
 from sgp_client._redact import REDACTED, redact_credentials
 from sgp_client.testing import (
-    DEFAULT_ACCOUNT_ID,
-    DEFAULT_API_KEY,
     ServerControl,
     ServerProcess,
-    asgi_transport,
 )
-from tests._helpers import FAST_BACKOFF, START
+from tests._helpers import FAST_BACKOFF, START, in_process_client
 
 SECRET_KEY = "sk-live-SECRET-0123456789abcdefXYZ"
 MARK = REDACTED.decode()
@@ -373,17 +370,6 @@ def assert_stored_redacted(row: dict[str, Any], item: SpanItem) -> None:
     assert row["output"] == {"text": f"use postgres://u:{MARK}@db/x"}
     assert row["metadata"] == {"headers": {"Authorization": MARK}}
     assert row["expected"] == {"password": MARK}
-
-
-def in_process_client(app: Starlette, **kwargs: Any) -> AsyncSGPClient:
-    return AsyncSGPClient(
-        api_key=DEFAULT_API_KEY,
-        account_id=DEFAULT_ACCOUNT_ID,
-        base_url="http://127.0.0.1/public",
-        transport=asgi_transport(app),
-        backoff=FAST_BACKOFF,
-        **kwargs,
-    )
 
 
 @pytest.mark.anyio

@@ -45,7 +45,7 @@ from sgp_client.testing import (
     asgi_transport,
     create_app,
 )
-from tests._helpers import FAST_BACKOFF, span_item
+from tests._helpers import FAST_BACKOFF, loopback_client, span_item
 
 pytestmark = pytest.mark.anyio
 
@@ -62,15 +62,9 @@ def pool(client: AsyncSGPClient) -> WirePool:
 
 
 def client_of(server: ServerProcess, **kwargs: Any) -> AsyncSGPClient:
-    settings: dict[str, Any] = {
-        "api_key": server.api_key,
-        "account_id": server.account_id,
-        "base_url": server.base_url,
-        "backoff": FAST_BACKOFF,
-        "max_retries": 0,
-    }
-    settings.update(kwargs)
-    return AsyncSGPClient(**settings)
+    """No client retries by default: each test sees exactly the requests it makes."""
+    settings: dict[str, Any] = {"max_retries": 0, **kwargs}
+    return loopback_client(server, **settings)
 
 
 # ------------------------------------------------------------- against the real local server
