@@ -8,12 +8,17 @@ one name (a ``conftest`` module imported by hand can end up loaded twice).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
 from starlette.types import ASGIApp
 
-from sgp_client import AsyncSGPClient, Backoff, SpanItem
+from sgp_client import AsyncSGPClient, Backoff, QueueStats, SpanItem, UpsertQueue
 from sgp_client.testing import DEFAULT_ACCOUNT_ID, DEFAULT_API_KEY, ServerProcess, asgi_transport
 
 #: Base URL of the in-process app (loopback, so plain http is allowed; nothing listens there).
@@ -86,3 +91,46 @@ def loopback_client(server: ServerProcess, **overrides: Any) -> AsyncSGPClient:
     }
     settings.update(overrides)
     return AsyncSGPClient(**settings)
+
+
+async def server_call(server: ServerProcess, method: str, *args: Any, **kwargs: Any) -> Any:
+    """A ``ServerProcess`` admin call (a blocking HTTP call) in a thread, so the event loop
+    and the queue's dispatcher on it keep running while the server answers."""
+    bound = getattr(server, method)
+    return await anyio.to_thread.run_sync(lambda: bound(*args, **kwargs))
+
+
+@asynccontextmanager
+async def watching(queue: UpsertQueue) -> AsyncIterator[list[QueueStats]]:
+    """Check the accounting identity at every checkpoint while the block runs.
+
+    Enter it around ``async with queue`` so the exit drain is sampled too.
+    """
+    broken: list[QueueStats] = []
+    samples = 0
+
+    async def watch() -> None:
+        nonlocal samples
+        while True:
+            stats = queue.stats
+            samples += 1
+            if not stats.balanced:
+                broken.append(stats)
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        try:
+            yield broken
+        finally:
+            tg.cancel_scope.cancel()
+    assert samples > 0
+    assert broken == [], f"identity broken in {len(broken)} samples, first {broken[0]}"
+
+
+async def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll ``predicate()`` (for conditions no task can signal, like a server-side counter)."""
+    with anyio.fail_after(timeout):
+        # Polling on purpose: server counters and the clock signal no event.
+        while not predicate():  # noqa: ASYNC110
+            await anyio.sleep(0.005)

@@ -45,7 +45,7 @@ from sgp_client.testing import (
     asgi_transport,
     get_control,
 )
-from tests._helpers import FAST_BACKOFF, START, in_process_client, span_item
+from tests._helpers import FAST_BACKOFF, START, in_process_client, span_item, wait_until, watching
 from tests._helpers import IN_PROCESS_BASE_URL as BASE_URL
 
 pytestmark = pytest.mark.anyio
@@ -125,42 +125,6 @@ class DropLog:
         for items, reason, _ in self.calls:
             counts[reason] = counts.get(reason, 0) + len(items)
         return counts
-
-
-@asynccontextmanager
-async def watching(queue: UpsertQueue) -> AsyncIterator[list[QueueStats]]:
-    """Check the accounting identity at every checkpoint while the block runs.
-
-    Enter it around ``async with queue`` so the exit drain is sampled too.
-    """
-    broken: list[QueueStats] = []
-    samples = 0
-
-    async def watch() -> None:
-        nonlocal samples
-        while True:
-            stats = queue.stats
-            samples += 1
-            if not stats.balanced:
-                broken.append(stats)
-            await anyio.lowlevel.checkpoint()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch)
-        try:
-            yield broken
-        finally:
-            tg.cancel_scope.cancel()
-    assert samples > 0
-    assert broken == [], f"identity broken in {len(broken)} samples, first {broken[0]}"
-
-
-async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
-    """Poll ``predicate()`` (for conditions no task can signal, like a server-side counter)."""
-    with anyio.fail_after(timeout):
-        # Polling on purpose: server counters and the clock signal no event.
-        while not predicate():  # noqa: ASYNC110
-            await anyio.sleep(0.005)
 
 
 @asynccontextmanager

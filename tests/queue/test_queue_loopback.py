@@ -7,18 +7,14 @@ server that never answers (exit keeps its deadline). Both backends, as everywher
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
-
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
-from sgp_client import DropReason, QueueStats, SpanItem, UpsertQueue
+from sgp_client import DropReason, SpanItem, UpsertQueue
 from sgp_client.testing import ServerProcess
-from tests._helpers import OUTAGE_BACKOFF, loopback_client, span_item
+from tests._helpers import OUTAGE_BACKOFF, loopback_client, server_call, span_item, watching
 
 pytestmark = pytest.mark.anyio
 
@@ -32,45 +28,6 @@ def span(key: str, *, end: bool = False, trace: str = "trace-1") -> SpanItem:
         input={"key": key},
         output={"done": True} if end else None,
     )
-
-
-class Sampler:
-    """Checks the accounting identity at (nearly) every checkpoint of the run."""
-
-    def __init__(self, queue: UpsertQueue) -> None:
-        self.queue = queue
-        self.samples = 0
-        self.broken: list[QueueStats] = []
-
-    async def run(self) -> None:
-        while True:
-            stats = self.queue.stats
-            self.samples += 1
-            if not stats.balanced:
-                self.broken.append(stats)
-            await anyio.lowlevel.checkpoint()
-
-    def check(self) -> None:
-        assert self.samples > 0
-        assert self.broken == [], self.broken[0]
-
-
-@asynccontextmanager
-async def sampled(queue: UpsertQueue) -> AsyncIterator[Sampler]:
-    sampler = Sampler(queue)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(sampler.run)
-        try:
-            yield sampler
-        finally:
-            tg.cancel_scope.cancel()
-    sampler.check()
-
-
-async def server_call(server: ServerProcess, name: str, **kwargs: Any) -> Any:
-    """Call a (sync, blocking) admin method of the server off the event loop."""
-    method = getattr(server, name)
-    return await anyio.to_thread.run_sync(lambda: method(**kwargs))
 
 
 async def produce(queue: UpsertQueue, count: int, *, prefix: str = "s") -> None:
@@ -92,7 +49,7 @@ def assert_all_completed(server: ServerProcess, count: int) -> None:
 async def test_burst_of_20000_spans_with_defaults(server: ServerProcess) -> None:
     async with loopback_client(server, max_retries=0) as client:
         queue = UpsertQueue(client)
-        async with sampled(queue), queue:
+        async with watching(queue), queue:
             await produce(queue, 20_000)
             assert await queue.flush(timeout=60)
     stats = queue.stats
@@ -110,7 +67,7 @@ async def test_every_second_request_answered_503(server: ServerProcess) -> None:
     await server_call(server, "set_faults", status_code=503, status_every_n=2, retry_after="0")
     async with loopback_client(server, max_retries=0) as client:
         queue = UpsertQueue(client, max_batch_size=100, backoff=OUTAGE_BACKOFF)
-        async with sampled(queue), queue:
+        async with watching(queue), queue:
             await produce(queue, 3000)
             assert await queue.flush(timeout=60)
     stats = queue.stats
@@ -129,7 +86,7 @@ async def test_five_second_outage_loses_nothing(server: ServerProcess, mode: str
         queue = UpsertQueue(
             client, backoff=OUTAGE_BACKOFF, retry_deadline=30.0, shutdown_timeout=20.0
         )
-        async with sampled(queue), queue:
+        async with watching(queue), queue:
             await produce(queue, 500, prefix="before")
             assert await queue.flush(timeout=30)
             await server_call(
@@ -153,7 +110,7 @@ async def test_server_killed_and_restarted_loses_nothing(server: ServerProcess) 
         queue = UpsertQueue(
             client, backoff=OUTAGE_BACKOFF, retry_deadline=30.0, request_timeout=5.0
         )
-        async with sampled(queue), queue:
+        async with watching(queue), queue:
             await anyio.to_thread.run_sync(server.kill)
             await produce(queue, 1000)
             # Refused connections meanwhile: retried, never dropped.
@@ -175,7 +132,7 @@ async def test_request_timeout_retries_a_hung_request(server: ServerProcess) -> 
         queue = UpsertQueue(
             client, request_timeout=0.3, backoff=OUTAGE_BACKOFF, flush_interval=0.01
         )
-        async with sampled(queue), queue:
+        async with watching(queue), queue:
             for i in range(10):
                 queue.submit(span(f"s{i}", end=True))
             assert await queue.flush(timeout=0.1) is False
@@ -199,7 +156,7 @@ async def test_exit_against_a_server_that_never_answers(server: ServerProcess) -
             max_batch_size=100,
             flush_interval=0.01,
         )
-        async with sampled(queue):
+        async with watching(queue):
             async with queue:
                 await produce(queue, 1000)
                 assert await queue.flush(timeout=0.3) is False

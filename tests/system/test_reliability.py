@@ -42,6 +42,7 @@ from sgp_client.testing import (
     get_control,
 )
 from tests._helpers import OUTAGE_BACKOFF, loopback_client, span_item
+from tests._helpers import server_call as call
 
 #: Slack on top of a deadline: scheduling, a subprocess on a loaded CI machine.
 MARGIN = 2.0
@@ -126,12 +127,6 @@ async def timed_exit(queue: UpsertQueue, timing: dict[str, float]) -> AsyncItera
 
 def http_date(seconds_from_now: float) -> str:
     return email.utils.formatdate(time.time() + seconds_from_now, usegmt=True)
-
-
-async def call(srv: ServerProcess, method: str, *args: Any, **kwargs: Any) -> Any:
-    """A ``ServerProcess`` admin call off the event loop (it is a blocking HTTP call)."""
-    bound = getattr(srv, method)
-    return await anyio.to_thread.run_sync(lambda: bound(*args, **kwargs))
 
 
 # ------------------------------------------------------------------------------ fault matrix
