@@ -331,17 +331,6 @@ async def test_connection_drop_then_success(client: AsyncSGPClient, control: Ser
 
 
 @pytest.mark.anyio
-async def test_call_timeout_on_a_hanging_server(app: Starlette, control: ServerControl) -> None:
-    control.set_faults(hang=True)
-    async with other_client(app, call_timeout=0.5) as sgp:
-        started = anyio.current_time()
-        with pytest.raises(APITimeoutError, match="deadline"):
-            await sgp.spans.upsert_batch([span()])
-        assert anyio.current_time() - started >= 0.5
-    assert control.stats()["faults"]["hang"] == 1
-
-
-@pytest.mark.anyio
 async def test_concurrent_calls_share_one_client(
     client: AsyncSGPClient, control: ServerControl
 ) -> None:

@@ -166,16 +166,6 @@ async def test_connections_dropped_before_the_body_is_read(server: ServerProcess
 
 
 @pytest.mark.anyio
-async def test_hanging_server_and_call_timeout(server: ServerProcess) -> None:
-    server.set_faults(hang=True)
-    async with client_of(server, call_timeout=0.5) as sgp:
-        started = anyio.current_time()
-        with pytest.raises(APITimeoutError):
-            await sgp.spans.upsert_batch([span()])
-        assert anyio.current_time() - started >= 0.5
-
-
-@pytest.mark.anyio
 async def test_per_request_timeout_is_retried(server: ServerProcess) -> None:
     server.set_faults(latency=2.0)
     async with client_of(server, timeout=0.2, max_retries=1) as sgp:
