@@ -264,20 +264,6 @@ async def test_submit_and_put_outside_the_lifecycle(client: AsyncSGPClient) -> N
     assert queue.stats.submitted == queue.stats.delivered == 1
 
 
-async def test_submit_is_synchronous_and_does_no_io(
-    client: AsyncSGPClient, control: ServerControl
-) -> None:
-    async with make_queue(client, flush_interval=60.0, max_batch_size=10) as queue:
-        # Far past a batch's worth: submit still returns at once, sending nothing itself.
-        for i in range(100):
-            assert queue.submit(span(f"s{i}")) is None  # type: ignore[func-returns-value]
-        assert control.stats()["requests"] == 0
-        assert queue.stats.pending == 100
-        assert_identity(queue.stats)
-        assert await queue.flush(timeout=5)
-    assert control.store.count() == 100
-
-
 # ---------------------------------------------------------------------------- coalescing
 
 

@@ -1,6 +1,7 @@
 """``UpsertQueue`` against the local SGP server in a subprocess, over real loopback HTTP.
 
-The big scenarios: a 20,000-span burst with default settings, 503 on every second request,
+That ``submit`` sends nothing itself, seen by a server in another process. The big
+scenarios: a 20,000-span burst with default settings, 503 on every second request,
 five-second outages (503 and dropped connections), a server killed and restarted. Both
 backends, as everywhere. A server that never answers: ``tests/system/test_server_never_answers.py``.
 """
@@ -19,6 +20,7 @@ from tests._helpers import (
     loopback_client,
     server_call,
     span_item,
+    wait_until,
     watching,
 )
 
@@ -49,6 +51,28 @@ def assert_all_completed(server: ServerProcess, count: int) -> None:
     spans = server.spans()
     assert len(spans) == count
     assert all(s["end_timestamp"] is not None and s["output"] == {"done": True} for s in spans)
+
+
+async def test_submit_does_no_io_until_the_caller_yields(server: ServerProcess) -> None:
+    """``submit`` is synchronous and never sends: even past a batch's worth the request goes
+    out from the dispatcher, once the caller yields to the event loop.
+
+    Over loopback with the transport production uses, a request written from inside
+    ``submit`` would reach the server subprocess; its counters are read here by a blocking
+    admin call, which lets the server run but not this event loop (nor the dispatcher).
+    """
+    async with loopback_client(server, max_retries=0) as client:
+        queue = UpsertQueue(client, flush_interval=60.0, max_batch_size=10)
+        async with watching(queue), queue:
+            for i in range(100):
+                assert queue.submit(span(f"s{i}")) is None  # type: ignore[func-returns-value]
+            assert server.stats()["requests"] == 0
+            assert queue.stats.pending == 100
+            # Once the loop runs, the full batches go out (flush_interval is 60 s).
+            await wait_until(lambda: server.stats()["requests"] >= 1)
+            assert await queue.flush(timeout=10)
+    assert queue.stats.delivered == 100
+    assert server.count() == 100
 
 
 @pytest.mark.slow
