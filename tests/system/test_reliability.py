@@ -358,19 +358,25 @@ async def test_producers_in_a_cancelled_scope_still_get_delivered(srv: ServerPro
         client_of(srv) as client,
         UpsertQueue(client, flush_interval=0.05, backoff=OUTAGE_BACKOFF) as queue,
     ):
+        workers = 4
+        done: list[int] = []
+        all_submitted = anyio.Event()
 
         async def producer(worker: int) -> None:
             for index in range(5):
                 queue.submit(span(trace, worker * 100 + index, end=True))
                 await anyio.sleep(0.001)
+            done.append(worker)
+            if len(done) == workers:
+                all_submitted.set()
             await anyio.sleep_forever()
 
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
-                for worker in range(4):
+                for worker in range(workers):
                     tg.start_soon(producer, worker)
-                await anyio.wait_all_tasks_blocked()
-                await anyio.sleep(0.02)
+                # Cancel once every producer has submitted (a fixed sleep raced a busy machine).
+                await all_submitted.wait()
                 scope.cancel()
         assert scope.cancelled_caught
     assert_balanced(queue.stats)
