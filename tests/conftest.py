@@ -6,6 +6,8 @@
   fast backoff so retry tests stay quick.
 - ``server_process`` (session) / ``server`` (per test, reset first): the same server over
   loopback HTTP in a child process.
+
+Plain helpers (constants, span builders, client factories) are in ``tests/_helpers.py``.
 """
 
 from __future__ import annotations
@@ -15,21 +17,17 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from starlette.applications import Starlette
 
-from sgp_client import AsyncSGPClient, Backoff
+from sgp_client import AsyncSGPClient
 from sgp_client.testing import (
-    DEFAULT_ACCOUNT_ID,
-    DEFAULT_API_KEY,
     ServerControl,
     ServerProcess,
-    asgi_transport,
     create_app,
     get_control,
 )
 
-#: Base URL of the in-process app (loopback, so plain http is allowed; nothing listens there).
-IN_PROCESS_BASE_URL = "http://127.0.0.1/public"
-#: Short waits between retries: tests exercise the retry logic, not its default pacing.
-FAST_BACKOFF = Backoff(initial=0.001, maximum=0.01)
+# Re-exported: the brief names ``tests.conftest.FAST_BACKOFF``; new code imports ``tests._helpers``.
+from tests._helpers import FAST_BACKOFF as FAST_BACKOFF
+from tests._helpers import in_process_client
 
 
 @pytest.fixture
@@ -50,13 +48,7 @@ def control(app: Starlette) -> ServerControl:
 @pytest.fixture
 async def client(app: Starlette) -> AsyncIterator[AsyncSGPClient]:
     """A client of ``app`` (in-process), closed after the test."""
-    async with AsyncSGPClient(
-        api_key=DEFAULT_API_KEY,
-        account_id=DEFAULT_ACCOUNT_ID,
-        base_url=IN_PROCESS_BASE_URL,
-        transport=asgi_transport(app),
-        backoff=FAST_BACKOFF,
-    ) as sgp:
+    async with in_process_client(app) as sgp:
         yield sgp
 
 

@@ -7,8 +7,7 @@ class, retries under injected faults, the call deadline, and API-key hygiene in 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
 import anyio
 import httpx
@@ -22,7 +21,6 @@ from sgp_client import (
     APITimeoutError,
     AsyncSGPClient,
     AuthenticationError,
-    Backoff,
     BadRequestError,
     ConflictError,
     InternalServerError,
@@ -40,26 +38,9 @@ from sgp_client.testing import (
     ServerControl,
     asgi_transport,
 )
-
-START = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-FAST = Backoff(initial=0.001, maximum=0.01)
-
-
-def span(name: str = "step", trace_id: str = "trace-1", **fields: Any) -> SpanItem:
-    return SpanItem(name=name, trace_id=trace_id, start_timestamp=START, **fields)
-
-
-def other_client(app: Starlette, **kwargs: Any) -> AsyncSGPClient:
-    settings: dict[str, Any] = {
-        "api_key": DEFAULT_API_KEY,
-        "account_id": DEFAULT_ACCOUNT_ID,
-        "base_url": "http://127.0.0.1/public",
-        "transport": asgi_transport(app),
-        "backoff": FAST,
-    }
-    settings.update(kwargs)
-    return AsyncSGPClient(**settings)
-
+from tests._helpers import START
+from tests._helpers import in_process_client as other_client
+from tests._helpers import span_item as span
 
 # -- round trips ------------------------------------------------------------------------------
 
@@ -347,17 +328,6 @@ async def test_connection_drop_then_success(client: AsyncSGPClient, control: Ser
     for i in range(4):
         await client.spans.upsert_batch([span(f"s{i}")])
     assert control.stats()["items_stored"] == 4
-
-
-@pytest.mark.anyio
-async def test_call_timeout_on_a_hanging_server(app: Starlette, control: ServerControl) -> None:
-    control.set_faults(hang=True)
-    async with other_client(app, call_timeout=0.5) as sgp:
-        started = anyio.current_time()
-        with pytest.raises(APITimeoutError, match="deadline"):
-            await sgp.spans.upsert_batch([span()])
-        assert anyio.current_time() - started >= 0.5
-    assert control.stats()["faults"]["hang"] == 1
 
 
 @pytest.mark.anyio

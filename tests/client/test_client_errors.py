@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -37,12 +36,11 @@ from sgp_client import (
     SpanItem,
     UnprocessableEntityError,
 )
+from tests._helpers import FAST_BACKOFF, span_item, span_json
 
 KEY = "sk-mock-0123456789abcdefSECRET"
 ACCOUNT = "acct-mock"
 BASE = "http://127.0.0.1:9/public"
-FAST = Backoff(initial=0.001, maximum=0.005)
-START = datetime(2025, 3, 1, 12, tzinfo=UTC)
 
 Handler = (
     Callable[[httpx.Request], httpx.Response]
@@ -71,20 +69,10 @@ def make_client(handler: Handler, **kwargs: Any) -> AsyncSGPClient:
         "account_id": ACCOUNT,
         "base_url": BASE,
         "transport": httpx.MockTransport(handler),
-        "backoff": FAST,
+        "backoff": FAST_BACKOFF,
     }
     settings.update(kwargs)
     return AsyncSGPClient(**settings)
-
-
-def span_json(span_id: str = "s1", **extra: Any) -> dict[str, Any]:
-    return {
-        "id": span_id,
-        "trace_id": "t1",
-        "name": "n",
-        "start_timestamp": "2025-03-01T12:00:00Z",
-        **extra,
-    }
 
 
 def ok_list(*ids: str) -> httpx.Response:
@@ -96,7 +84,7 @@ def error(status: int, detail: Any = "nope", **headers: str) -> httpx.Response:
 
 
 def item(span_id: str = "s1") -> SpanItem:
-    return SpanItem(id=span_id, name="n", trace_id="t1", start_timestamp=START)
+    return span_item("n", trace_id="t1", id=span_id)
 
 
 # -- requests ---------------------------------------------------------------------------------
@@ -431,19 +419,6 @@ async def test_retry_after_beyond_the_deadline_gives_up_at_once() -> None:
                 await client.spans.upsert_batch([])
     assert info.value.retry_after == 30.0
     assert len(recorder.requests) == 1
-
-
-@pytest.mark.anyio
-async def test_call_timeout_bounds_a_slow_answer() -> None:
-    async def hang(request: httpx.Request) -> httpx.Response:
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")
-
-    async with make_client(hang, call_timeout=0.2) as client:
-        started = anyio.current_time()
-        with pytest.raises(APITimeoutError, match="deadline"):
-            await client.spans.get("s1")
-        assert anyio.current_time() - started >= 0.2
 
 
 # -- search -----------------------------------------------------------------------------------

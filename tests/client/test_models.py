@@ -25,14 +25,16 @@ from sgp_client import (
     new_span_id,
 )
 from sgp_client._serialization import encode_item, encode_items_body, structure, unstructure
+from tests._helpers import START as SHARED_START
+from tests._helpers import span_item
 
-START = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+#: The shared start with microseconds, so the wire format's sub-second precision shows.
+START = SHARED_START.replace(microsecond=123456)
 
 
 def item(**changes: Any) -> SpanItem:
-    fields: dict[str, Any] = {"name": "step", "trace_id": "trace-1", "start_timestamp": START}
-    fields.update(changes)
-    return SpanItem(**fields)
+    values: dict[str, Any] = {"start_timestamp": START, **changes}
+    return span_item(**values)
 
 
 def decoded(span: SpanItem) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
@@ -45,13 +45,11 @@ from sgp_client.testing import (
     asgi_transport,
     get_control,
 )
+from tests._helpers import FAST_BACKOFF, START, in_process_client, span_item, wait_until, watching
+from tests._helpers import IN_PROCESS_BASE_URL as BASE_URL
 
 pytestmark = pytest.mark.anyio
 
-BASE_URL = "http://127.0.0.1/public"
-START = datetime(2025, 1, 15, 12, 0, 0, tzinfo=UTC)
-#: Retry quickly: these tests exercise the retry logic, not its pacing.
-FAST = Backoff(initial=0.001, maximum=0.01)
 QUEUE_LOGGER = "sgp_client.queue"
 
 
@@ -67,14 +65,8 @@ def span(
     **fields: Any,
 ) -> SpanItem:
     """A span item keyed (trace, key); ``version`` lands in metadata to tell writes apart."""
-    return SpanItem(
-        name=f"span-{key}",
-        trace_id=trace,
-        id=key,
-        start_timestamp=START,
-        end_timestamp=START + timedelta(seconds=1) if end else None,
-        metadata={"version": version},
-        **fields,
+    return span_item(
+        f"span-{key}", trace_id=trace, id=key, end=end, metadata={"version": version}, **fields
     )
 
 
@@ -84,7 +76,11 @@ def is_running(queue: UpsertQueue) -> bool:
 
 
 def make_queue(client: AsyncSGPClient, **overrides: Any) -> UpsertQueue:
-    settings: dict[str, Any] = {"flush_interval": 0.01, "backoff": FAST, "shutdown_timeout": 5.0}
+    settings: dict[str, Any] = {
+        "flush_interval": 0.01,
+        "backoff": FAST_BACKOFF,
+        "shutdown_timeout": 5.0,
+    }
     settings.update(overrides)
     return UpsertQueue(client, **settings)
 
@@ -132,52 +128,10 @@ class DropLog:
 
 
 @asynccontextmanager
-async def watching(queue: UpsertQueue) -> AsyncIterator[list[QueueStats]]:
-    """Check the accounting identity at every checkpoint while the block runs.
-
-    Enter it around ``async with queue`` so the exit drain is sampled too.
-    """
-    broken: list[QueueStats] = []
-    samples = 0
-
-    async def watch() -> None:
-        nonlocal samples
-        while True:
-            stats = queue.stats
-            samples += 1
-            if not stats.balanced:
-                broken.append(stats)
-            await anyio.lowlevel.checkpoint()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch)
-        try:
-            yield broken
-        finally:
-            tg.cancel_scope.cancel()
-    assert samples > 0
-    assert broken == [], f"identity broken in {len(broken)} samples, first {broken[0]}"
-
-
-async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
-    """Poll ``predicate()`` (for conditions no task can signal, like a server-side counter)."""
-    with anyio.fail_after(timeout):
-        # Polling on purpose: server counters and the clock signal no event.
-        while not predicate():  # noqa: ASYNC110
-            await anyio.sleep(0.005)
-
-
-@asynccontextmanager
 async def sgp_client(
     app: ASGIApp, *, api_key: str = DEFAULT_API_KEY, base_url: str = BASE_URL
 ) -> AsyncIterator[AsyncSGPClient]:
-    async with AsyncSGPClient(
-        api_key=api_key,
-        account_id=DEFAULT_ACCOUNT_ID,
-        base_url=base_url,
-        transport=asgi_transport(app),
-        max_retries=0,
-    ) as client:
+    async with in_process_client(app, api_key=api_key, base_url=base_url, max_retries=0) as client:
         yield client
 
 
@@ -308,20 +262,6 @@ async def test_submit_and_put_outside_the_lifecycle(client: AsyncSGPClient) -> N
             pass
     assert_identity(queue.stats)
     assert queue.stats.submitted == queue.stats.delivered == 1
-
-
-async def test_submit_is_synchronous_and_does_no_io(
-    client: AsyncSGPClient, control: ServerControl
-) -> None:
-    async with make_queue(client, flush_interval=60.0, max_batch_size=10) as queue:
-        # Far past a batch's worth: submit still returns at once, sending nothing itself.
-        for i in range(100):
-            assert queue.submit(span(f"s{i}")) is None  # type: ignore[func-returns-value]
-        assert control.stats()["requests"] == 0
-        assert queue.stats.pending == 100
-        assert_identity(queue.stats)
-        assert await queue.flush(timeout=5)
-    assert control.store.count() == 100
 
 
 # ---------------------------------------------------------------------------- coalescing
@@ -1165,22 +1105,6 @@ async def test_unexpected_exception_in_a_send_never_kills_the_worker(
     assert_identity(queue.stats)
 
 
-async def test_request_timeout_bounds_a_request_that_never_answers(
-    client: AsyncSGPClient, control: ServerControl
-) -> None:
-    control.set_faults(hang=True)
-    queue = make_queue(client, request_timeout=0.2, retry_deadline=10.0, shutdown_timeout=0.5)
-    async with queue:
-        queue.submit(span("a"))
-        await wait_until(lambda: control.stats()["faults"].get("hang", 0) >= 1)
-        control.set_faults()
-        # The hung request times out after request_timeout and is retried.
-        assert await queue.flush(timeout=2), queue.stats
-        assert queue.stats.delivered == 1
-        assert queue.stats.retries >= 1
-    assert_identity(queue.stats)
-
-
 # ---------------------------------------------------------------------------- flush barrier
 
 
@@ -1277,28 +1201,6 @@ async def test_exit_drain_is_shielded_from_an_outer_cancellation(
     assert queue.stats.dropped == {}, queue.stats
     assert queue.stats.delivered == 30
     assert control.store.count() == 30
-    assert_identity(queue.stats)
-
-
-async def test_exit_against_a_server_that_never_answers_keeps_its_deadline(
-    client: AsyncSGPClient, control: ServerControl
-) -> None:
-    control.set_faults(hang=True)
-    drops = DropLog()
-    shutdown_timeout = 0.5
-    queue = make_queue(client, max_batch_size=10, shutdown_timeout=shutdown_timeout, on_drop=drops)
-    async with watching(queue):
-        async with queue:
-            for i in range(50):
-                queue.submit(span(f"s{i}", end=True))
-            await wait_until(lambda: queue.stats.in_flight > 0)
-            t0 = anyio.current_time()
-        elapsed = anyio.current_time() - t0
-    # A deadline, not a speed claim: generous margin for slow CI.
-    assert elapsed < shutdown_timeout + 3.0
-    assert queue.stats.delivered == 0
-    assert queue.stats.dropped == {DropReason.SHUTDOWN: 50}
-    assert queue.stats.pending == queue.stats.in_flight == 0
     assert_identity(queue.stats)
 
 

@@ -1,91 +1,41 @@
 """``UpsertQueue`` against the local SGP server in a subprocess, over real loopback HTTP.
 
-The big scenarios: a 20,000-span burst with default settings, 503 on every second request,
-five-second outages (503 and dropped connections), a server killed and restarted, and a
-server that never answers (exit keeps its deadline). Both backends, as everywhere.
+That ``submit`` sends nothing itself, seen by a server in another process. The big
+scenarios: a 20,000-span burst with default settings, 503 on every second request,
+five-second outages (503 and dropped connections), a server killed and restarted. Both
+backends, as everywhere. A server that never answers: ``tests/system/test_server_never_answers.py``.
 """
 
 from __future__ import annotations
-
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
-from sgp_client import AsyncSGPClient, Backoff, DropReason, QueueStats, SpanItem, UpsertQueue
+from sgp_client import SpanItem, UpsertQueue
 from sgp_client.testing import ServerProcess
+from tests._helpers import (
+    OUTAGE_BACKOFF,
+    loopback_client,
+    server_call,
+    span_item,
+    wait_until,
+    watching,
+)
 
 pytestmark = pytest.mark.anyio
 
-START = datetime(2025, 1, 15, 12, 0, 0, tzinfo=UTC)
-FAST = Backoff(initial=0.01, maximum=0.2)
-
 
 def span(key: str, *, end: bool = False, trace: str = "trace-1") -> SpanItem:
-    return SpanItem(
-        name=f"span-{key}",
+    return span_item(
+        f"span-{key}",
         trace_id=trace,
         id=key,
-        start_timestamp=START,
-        end_timestamp=START + timedelta(seconds=1) if end else None,
+        end=end,
         input={"key": key},
         output={"done": True} if end else None,
     )
-
-
-@asynccontextmanager
-async def loopback_client(server: ServerProcess) -> AsyncIterator[AsyncSGPClient]:
-    async with AsyncSGPClient(
-        api_key=server.api_key,
-        account_id=server.account_id,
-        base_url=server.base_url,
-        max_retries=0,
-    ) as client:
-        yield client
-
-
-class Sampler:
-    """Checks the accounting identity at (nearly) every checkpoint of the run."""
-
-    def __init__(self, queue: UpsertQueue) -> None:
-        self.queue = queue
-        self.samples = 0
-        self.broken: list[QueueStats] = []
-
-    async def run(self) -> None:
-        while True:
-            stats = self.queue.stats
-            self.samples += 1
-            if not stats.balanced:
-                self.broken.append(stats)
-            await anyio.lowlevel.checkpoint()
-
-    def check(self) -> None:
-        assert self.samples > 0
-        assert self.broken == [], self.broken[0]
-
-
-@asynccontextmanager
-async def sampled(queue: UpsertQueue) -> AsyncIterator[Sampler]:
-    sampler = Sampler(queue)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(sampler.run)
-        try:
-            yield sampler
-        finally:
-            tg.cancel_scope.cancel()
-    sampler.check()
-
-
-async def server_call(server: ServerProcess, name: str, **kwargs: Any) -> Any:
-    """Call a (sync, blocking) admin method of the server off the event loop."""
-    method = getattr(server, name)
-    return await anyio.to_thread.run_sync(lambda: method(**kwargs))
 
 
 async def produce(queue: UpsertQueue, count: int, *, prefix: str = "s") -> None:
@@ -103,11 +53,33 @@ def assert_all_completed(server: ServerProcess, count: int) -> None:
     assert all(s["end_timestamp"] is not None and s["output"] == {"done": True} for s in spans)
 
 
+async def test_submit_does_no_io_until_the_caller_yields(server: ServerProcess) -> None:
+    """``submit`` is synchronous and never sends: even past a batch's worth the request goes
+    out from the dispatcher, once the caller yields to the event loop.
+
+    Over loopback with the transport production uses, a request written from inside
+    ``submit`` would reach the server subprocess; its counters are read here by a blocking
+    admin call, which lets the server run but not this event loop (nor the dispatcher).
+    """
+    async with loopback_client(server, max_retries=0) as client:
+        queue = UpsertQueue(client, flush_interval=60.0, max_batch_size=10)
+        async with watching(queue), queue:
+            for i in range(100):
+                assert queue.submit(span(f"s{i}")) is None  # type: ignore[func-returns-value]
+            assert server.stats()["requests"] == 0
+            assert queue.stats.pending == 100
+            # Once the loop runs, the full batches go out (flush_interval is 60 s).
+            await wait_until(lambda: server.stats()["requests"] >= 1)
+            assert await queue.flush(timeout=10)
+    assert queue.stats.delivered == 100
+    assert server.count() == 100
+
+
 @pytest.mark.slow
 async def test_burst_of_20000_spans_with_defaults(server: ServerProcess) -> None:
-    async with loopback_client(server) as client:
+    async with loopback_client(server, max_retries=0) as client:
         queue = UpsertQueue(client)
-        async with sampled(queue), queue:
+        async with watching(queue), queue:
             await produce(queue, 20_000)
             assert await queue.flush(timeout=60)
     stats = queue.stats
@@ -123,9 +95,9 @@ async def test_burst_of_20000_spans_with_defaults(server: ServerProcess) -> None
 
 async def test_every_second_request_answered_503(server: ServerProcess) -> None:
     await server_call(server, "set_faults", status_code=503, status_every_n=2, retry_after="0")
-    async with loopback_client(server) as client:
-        queue = UpsertQueue(client, max_batch_size=100, backoff=FAST)
-        async with sampled(queue), queue:
+    async with loopback_client(server, max_retries=0) as client:
+        queue = UpsertQueue(client, max_batch_size=100, backoff=OUTAGE_BACKOFF)
+        async with watching(queue), queue:
             await produce(queue, 3000)
             assert await queue.flush(timeout=60)
     stats = queue.stats
@@ -140,9 +112,11 @@ async def test_every_second_request_answered_503(server: ServerProcess) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["503", "drop"])
 async def test_five_second_outage_loses_nothing(server: ServerProcess, mode: str) -> None:
-    async with loopback_client(server) as client:
-        queue = UpsertQueue(client, backoff=FAST, retry_deadline=30.0, shutdown_timeout=20.0)
-        async with sampled(queue), queue:
+    async with loopback_client(server, max_retries=0) as client:
+        queue = UpsertQueue(
+            client, backoff=OUTAGE_BACKOFF, retry_deadline=30.0, shutdown_timeout=20.0
+        )
+        async with watching(queue), queue:
             await produce(queue, 500, prefix="before")
             assert await queue.flush(timeout=30)
             await server_call(
@@ -162,9 +136,11 @@ async def test_five_second_outage_loses_nothing(server: ServerProcess, mode: str
 
 @pytest.mark.slow
 async def test_server_killed_and_restarted_loses_nothing(server: ServerProcess) -> None:
-    async with loopback_client(server) as client:
-        queue = UpsertQueue(client, backoff=FAST, retry_deadline=30.0, request_timeout=5.0)
-        async with sampled(queue), queue:
+    async with loopback_client(server, max_retries=0) as client:
+        queue = UpsertQueue(
+            client, backoff=OUTAGE_BACKOFF, retry_deadline=30.0, request_timeout=5.0
+        )
+        async with watching(queue), queue:
             await anyio.to_thread.run_sync(server.kill)
             await produce(queue, 1000)
             # Refused connections meanwhile: retried, never dropped.
@@ -178,46 +154,3 @@ async def test_server_killed_and_restarted_loses_nothing(server: ServerProcess) 
     assert stats.retries >= 1
     assert stats.balanced
     assert_all_completed(server, 1000)
-
-
-async def test_request_timeout_retries_a_hung_request(server: ServerProcess) -> None:
-    await server_call(server, "set_faults", hang=True)
-    async with loopback_client(server) as client:
-        queue = UpsertQueue(client, request_timeout=0.3, backoff=FAST, flush_interval=0.01)
-        async with sampled(queue), queue:
-            for i in range(10):
-                queue.submit(span(f"s{i}", end=True))
-            assert await queue.flush(timeout=0.1) is False
-            await server_call(server, "clear_faults")
-            assert await queue.flush(timeout=20)
-    stats = queue.stats
-    assert stats.delivered == 10
-    assert stats.retries >= 1
-    assert stats.balanced
-    assert_all_completed(server, 10)
-
-
-async def test_exit_against_a_server_that_never_answers(server: ServerProcess) -> None:
-    await server_call(server, "set_faults", hang=True)
-    shutdown_timeout = 1.0
-    async with loopback_client(server) as client:
-        queue = UpsertQueue(
-            client,
-            shutdown_timeout=shutdown_timeout,
-            request_timeout=60.0,
-            max_batch_size=100,
-            flush_interval=0.01,
-        )
-        async with sampled(queue):
-            async with queue:
-                await produce(queue, 1000)
-                assert await queue.flush(timeout=0.3) is False
-                t0 = anyio.current_time()
-            elapsed = anyio.current_time() - t0
-    # A deadline, not a speed claim: the margin is generous.
-    assert elapsed < shutdown_timeout + 5.0
-    stats = queue.stats
-    assert stats.delivered == 0
-    assert stats.dropped == {DropReason.SHUTDOWN: 1000}
-    assert stats.pending == stats.in_flight == 0
-    assert stats.balanced

@@ -12,7 +12,7 @@ a thread, on asyncio or trio) for the whole example, and each rule calls into it
 from __future__ import annotations
 
 from contextlib import ExitStack
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import anyio.from_thread
@@ -28,19 +28,15 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from sgp_client import AsyncSGPClient, Backoff, DropReason, QueueStats, SpanItem, UpsertQueue
+from sgp_client import DropReason, QueueStats, SpanItem, UpsertQueue
 from sgp_client.testing import (
-    DEFAULT_ACCOUNT_ID,
-    DEFAULT_API_KEY,
     ServerControl,
-    asgi_transport,
     create_app,
     get_control,
 )
+from tests._helpers import FAST_BACKOFF, START, in_process_client, span_item
 
-START = datetime(2025, 1, 15, 12, 0, 0, tzinfo=UTC)
 KEYS = [("trace-a", "s1"), ("trace-a", "s2"), ("trace-a", "s3"), ("trace-b", "s1")]
-FAST = Backoff(initial=0.001, maximum=0.005)
 
 # No NUL: the server would store it as U+FFFD (tested elsewhere), not what the model says.
 text = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=8)
@@ -66,11 +62,8 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
             self.portal = self.stack.enter_context(anyio.from_thread.start_blocking_portal(backend))
             self.app = create_app()
             self.control: ServerControl = get_control(self.app)
-            client = AsyncSGPClient(
-                api_key=DEFAULT_API_KEY,
-                account_id=DEFAULT_ACCOUNT_ID,
-                base_url="http://127.0.0.1/public",
-                transport=asgi_transport(self.app),
+            client = in_process_client(
+                self.app,
                 max_retries=0,
                 # The model compares payloads byte for byte; redaction has its own tests.
                 redact=None,
@@ -81,7 +74,7 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
                 flush_interval=0.002,
                 max_batch_size=3,
                 max_in_flight=2,
-                backoff=FAST,
+                backoff=FAST_BACKOFF,
                 retry_deadline=30.0,
                 shutdown_timeout=10.0,
             )
@@ -100,11 +93,10 @@ def make_machine(backend: str) -> type[RuleBasedStateMachine]:
 
         def _item(self, key: tuple[str, str], *, end: bool, payload: dict[str, Any]) -> SpanItem:
             self.version += 1
-            return SpanItem(
-                name=f"span-{key[1]}",
+            return span_item(
+                f"span-{key[1]}",
                 trace_id=key[0],
                 id=key[1],
-                start_timestamp=START,
                 end_timestamp=START + timedelta(seconds=self.version) if end else None,
                 input=payload,
                 metadata={"version": self.version},

@@ -27,14 +27,11 @@ from sgp_client.testing import (
     create_app,
     get_control,
 )
+from tests._helpers import END_ISO as END
+from tests._helpers import START_ISO as START
+from tests._helpers import span_json as span
 
 AUTH = {"x-api-key": DEFAULT_API_KEY, "x-selected-account-id": DEFAULT_ACCOUNT_ID}
-START = "2025-03-01T12:00:00+00:00"
-END = "2025-03-01T12:00:01+00:00"
-
-
-def span(span_id: str = "s1", trace_id: str = "t1", **fields: Any) -> dict[str, Any]:
-    return {"id": span_id, "trace_id": trace_id, "name": "op", "start_timestamp": START, **fields}
 
 
 @pytest.fixture

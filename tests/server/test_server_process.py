@@ -6,18 +6,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from sgp_client.testing import ServerProcess
-
-START = "2025-03-01T12:00:00Z"
-
-
-def span(span_id: str, **fields: Any) -> dict[str, Any]:
-    return {"id": span_id, "trace_id": "t1", "name": "op", "start_timestamp": START, **fields}
+from tests._helpers import START_ISO as START
+from tests._helpers import span_json as span
 
 
 @pytest.fixture(scope="module")

@@ -26,23 +26,17 @@ from starlette.applications import Starlette
 
 from sgp_client import (
     AsyncSGPClient,
-    Backoff,
     InvalidSpanError,
     SpanItem,
     UpsertQueue,
 )
 from sgp_client.testing import (
-    DEFAULT_ACCOUNT_ID,
-    DEFAULT_API_KEY,
     ServerControl,
-    asgi_transport,
 )
 from sgp_tracing import SGPTracingProcessor, Span
 from sgp_tracing._processor import DEFAULT_MAX_PAYLOAD_BYTES
+from tests._helpers import END, START, in_process_client, span_item
 
-START = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-END = START + timedelta(seconds=1)
-FAST = Backoff(initial=0.001, maximum=0.01)
 #: The longest the event loop may be blocked by one hostile input (liveness, generous).
 MAX_GAP = 1.0
 TEN_MB = 10 * 1024 * 1024
@@ -50,14 +44,7 @@ TEN_MB = 10 * 1024 * 1024
 
 @pytest.fixture
 async def sgp(app: Starlette) -> AsyncIterator[AsyncSGPClient]:
-    async with AsyncSGPClient(
-        api_key=DEFAULT_API_KEY,
-        account_id=DEFAULT_ACCOUNT_ID,
-        base_url="http://127.0.0.1/public",
-        transport=asgi_transport(app),
-        backoff=FAST,
-        max_retries=0,
-    ) as client:
+    async with in_process_client(app, max_retries=0) as client:
         yield client
 
 
@@ -83,9 +70,8 @@ async def ticker() -> AsyncIterator[list[float]]:
 
 
 def item(**fields: Any) -> SpanItem:
-    settings: dict[str, Any] = {"name": "n", "trace_id": "t", "start_timestamp": START}
-    settings.update(fields)
-    return SpanItem(**settings)
+    values: dict[str, Any] = {"name": "n", "trace_id": "t", **fields}
+    return span_item(**values)
 
 
 # ------------------------------------------------------------------ every field, wrong values

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pydantic
@@ -12,6 +12,7 @@ import pytest
 from sgp_tracing import SGPTracingProcessor
 from sgp_tracing.agentex import AgentexTracingProcessor, from_agentex_span
 from sgp_tracing.testing import RecordingSink
+from tests._helpers import START
 
 # Every processor test runs through both of a sink's entry points (see conftest).
 pytestmark = pytest.mark.usefixtures("sink_path")
@@ -37,9 +38,6 @@ class PlainSpan:
 
     def __init__(self, **fields: Any) -> None:
         self.__dict__.update(fields)
-
-
-START = datetime(2025, 3, 1, 8, 30, tzinfo=UTC)
 
 
 def adapter() -> tuple[AgentexTracingProcessor, SGPTracingProcessor, RecordingSink]:

@@ -10,32 +10,21 @@ import anyio
 import pytest
 from starlette.applications import Starlette
 
-from sgp_client import AsyncSGPClient, Backoff, UpsertQueue
+from sgp_client import UpsertQueue
 from sgp_client.testing import (
-    DEFAULT_ACCOUNT_ID,
-    DEFAULT_API_KEY,
     ServerControl,
-    asgi_transport,
 )
 from sgp_tracing import SGPTracingProcessor, Span, Tracer
+from tests._helpers import in_process_client
 
 pytestmark = pytest.mark.anyio
-
-# Loopback, so plain http is allowed; nothing listens there (the transport is in-process).
-BASE_URL = "http://127.0.0.1/public"
 
 
 @asynccontextmanager
 async def traced_queue(app: Starlette) -> AsyncIterator[tuple[Tracer, UpsertQueue]]:
     """One "process": its own client, queue, processor and tracer, all on ``app``."""
     async with (
-        AsyncSGPClient(
-            transport=asgi_transport(app),
-            base_url=BASE_URL,
-            api_key=DEFAULT_API_KEY,
-            account_id=DEFAULT_ACCOUNT_ID,
-            backoff=Backoff(initial=0.001, maximum=0.01),
-        ) as client,
+        in_process_client(app) as client,
         UpsertQueue(client, flush_interval=0.01) as queue,
     ):
         processor = SGPTracingProcessor(queue)

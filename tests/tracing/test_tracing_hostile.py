@@ -30,6 +30,7 @@ from sgp_client._models import validate_span_item
 from sgp_tracing import SGPTracingProcessor, Span, Tracer, to_json_safe
 from sgp_tracing._coerce import CYCLE_MARKER, DEPTH_MARKER
 from sgp_tracing.testing import RecordingSink
+from tests._helpers import END, START
 
 # Every processor test runs through both of a sink's entry points (see conftest).
 pytestmark = pytest.mark.usefixtures("sink_path")
@@ -41,13 +42,12 @@ def processor_and_sink(**options: Any) -> tuple[SGPTracingProcessor, RecordingSi
 
 
 def ended(**fields: Any) -> Span:
-    start = datetime(2025, 1, 1, tzinfo=UTC)
     values: dict[str, Any] = {
         "id": "span-1",
         "trace_id": "trace-1",
         "name": "hostile",
-        "start_time": start,
-        "end_time": start + timedelta(seconds=1),
+        "start_time": START,
+        "end_time": END,
     }
     values.update(fields)
     return Span(**values)

@@ -6,6 +6,7 @@ connections, the environment-only configuration a new user relies on, httpcore's
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -25,34 +26,19 @@ from sgp_client import (
     APIStatusError,
     APITimeoutError,
     AsyncSGPClient,
-    Backoff,
     ConflictError,
     InternalServerError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
     RequestTooLargeError,
-    SpanItem,
 )
 from sgp_client.testing import ServerProcess
+from tests._helpers import FAST_BACKOFF, START, span_item
+from tests._helpers import loopback_client as client_of
 
-START = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-FAST = Backoff(initial=0.001, maximum=0.01)
-
-
-def span(name: str = "step", trace_id: str = "trace-http", **fields: Any) -> SpanItem:
-    return SpanItem(name=name, trace_id=trace_id, start_timestamp=START, **fields)
-
-
-def client_of(server: ServerProcess, **kwargs: Any) -> AsyncSGPClient:
-    settings: dict[str, Any] = {
-        "api_key": server.api_key,
-        "account_id": server.account_id,
-        "base_url": server.base_url,
-        "backoff": FAST,
-    }
-    settings.update(kwargs)
-    return AsyncSGPClient(**settings)
+#: This file's spans share one trace, so a search by trace finds exactly them.
+span = functools.partial(span_item, trace_id="trace-http")
 
 
 @pytest.fixture
@@ -180,16 +166,6 @@ async def test_connections_dropped_before_the_body_is_read(server: ServerProcess
 
 
 @pytest.mark.anyio
-async def test_hanging_server_and_call_timeout(server: ServerProcess) -> None:
-    server.set_faults(hang=True)
-    async with client_of(server, call_timeout=0.5) as sgp:
-        started = anyio.current_time()
-        with pytest.raises(APITimeoutError):
-            await sgp.spans.upsert_batch([span()])
-        assert anyio.current_time() - started >= 0.5
-
-
-@pytest.mark.anyio
 async def test_per_request_timeout_is_retried(server: ServerProcess) -> None:
     server.set_faults(latency=2.0)
     async with client_of(server, timeout=0.2, max_retries=1) as sgp:
@@ -207,7 +183,7 @@ async def test_refused_connection() -> None:
         api_key="sk-x-1234567890",
         account_id="a",
         base_url=f"http://127.0.0.1:{port}/public",
-        backoff=FAST,
+        backoff=FAST_BACKOFF,
         max_retries=1,
     ) as sgp:
         with pytest.raises(APIConnectionError, match="ConnectError"):

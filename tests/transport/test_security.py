@@ -11,7 +11,7 @@ import logging
 import ssl
 import traceback
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -25,7 +25,6 @@ from sgp_client import (
     APIConnectionError,
     APIStatusError,
     AsyncSGPClient,
-    Backoff,
     ConfigurationError,
     DroppedSpan,
     PermissionDeniedError,
@@ -34,17 +33,13 @@ from sgp_client import (
 )
 from sgp_client._redact import REDACTED, redact_credentials
 from sgp_client.testing import (
-    DEFAULT_ACCOUNT_ID,
-    DEFAULT_API_KEY,
     ServerControl,
     ServerProcess,
-    asgi_transport,
     create_app,
     get_control,
 )
+from tests._helpers import FAST_BACKOFF, START, in_process_client
 
-START = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-FAST = Backoff(initial=0.001, maximum=0.01)
 SECRET_KEY = "sk-live-SECRET-0123456789abcdefXYZ"
 MARK = REDACTED.decode()
 
@@ -78,7 +73,7 @@ async def test_refused_key_from_the_environment_never_shows(
     monkeypatch.setenv("SGP_ACCOUNT_ID", server.account_id)
     monkeypatch.setenv("SGP_CLIENT_BASE_URL", server.base_url)
     dropped: list[tuple[Sequence[DroppedSpan], str, BaseException | None]] = []
-    async with AsyncSGPClient(backoff=FAST) as client:
+    async with AsyncSGPClient(backoff=FAST_BACKOFF) as client:
         with pytest.raises(PermissionDeniedError) as refused:
             await client.spans.upsert_batch(
                 [SpanItem(name="n", trace_id="t", start_timestamp=START)]
@@ -110,7 +105,7 @@ async def test_key_absent_from_connection_errors(
 ) -> None:
     server.kill()  # refused connections; the ``server`` fixture restarts it for the next test
     async with AsyncSGPClient(
-        api_key=SECRET_KEY, account_id="acct", base_url=server.base_url, backoff=FAST
+        api_key=SECRET_KEY, account_id="acct", base_url=server.base_url, backoff=FAST_BACKOFF
     ) as client:
         with pytest.raises(APIConnectionError) as info:
             await client.spans.get("x")
@@ -386,17 +381,6 @@ def app() -> Iterator[Starlette]:
     app = create_app(mask_credentials=False)
     yield app
     get_control(app).close()
-
-
-def in_process_client(app: Starlette, **kwargs: Any) -> AsyncSGPClient:
-    return AsyncSGPClient(
-        api_key=DEFAULT_API_KEY,
-        account_id=DEFAULT_ACCOUNT_ID,
-        base_url="http://127.0.0.1/public",
-        transport=asgi_transport(app),
-        backoff=FAST,
-        **kwargs,
-    )
 
 
 @pytest.mark.anyio

@@ -9,6 +9,7 @@ a request).
 
 from __future__ import annotations
 
+import functools
 import gzip
 import shutil
 import ssl
@@ -16,7 +17,6 @@ import subprocess
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,10 @@ from sgp_client import (
     APIConnectionError,
     APITimeoutError,
     AsyncSGPClient,
-    Backoff,
     InternalServerError,
     NotFoundError,
     RateLimitError,
     RequestTooLargeError,
-    SpanItem,
     _wire,
 )
 from sgp_client._wire import MAX_HEAD, WirePool
@@ -47,16 +45,15 @@ from sgp_client.testing import (
     asgi_transport,
     create_app,
 )
+from tests._helpers import FAST_BACKOFF, loopback_client, span_item
 
 pytestmark = pytest.mark.anyio
 
-START = datetime(2025, 5, 1, 12, 0, tzinfo=UTC)
-FAST = Backoff(initial=0.001, maximum=0.01)
 KEY = "sk-wire-test-SECRET-0123456789"
 
 
-def span(name: str = "step", trace_id: str = "trace-wire", **fields: Any) -> SpanItem:
-    return SpanItem(name=name, trace_id=trace_id, start_timestamp=START, **fields)
+#: This file's spans share one trace, so a search by trace finds exactly them.
+span = functools.partial(span_item, trace_id="trace-wire")
 
 
 def pool(client: AsyncSGPClient) -> WirePool:
@@ -65,15 +62,9 @@ def pool(client: AsyncSGPClient) -> WirePool:
 
 
 def client_of(server: ServerProcess, **kwargs: Any) -> AsyncSGPClient:
-    settings: dict[str, Any] = {
-        "api_key": server.api_key,
-        "account_id": server.account_id,
-        "base_url": server.base_url,
-        "backoff": FAST,
-        "max_retries": 0,
-    }
-    settings.update(kwargs)
-    return AsyncSGPClient(**settings)
+    """No client retries by default: each test sees exactly the requests it makes."""
+    settings: dict[str, Any] = {"max_retries": 0, **kwargs}
+    return loopback_client(server, **settings)
 
 
 # ------------------------------------------------------------- against the real local server
@@ -299,7 +290,7 @@ def raw_client(server: RawServer, *, scheme: str = "http", **kwargs: Any) -> Asy
         api_key=KEY,
         account_id="acct-wire",
         base_url=f"{scheme}://127.0.0.1:{server.port}/public",
-        backoff=FAST,
+        backoff=FAST_BACKOFF,
         max_retries=0,
         **kwargs,
     )
