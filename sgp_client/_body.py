@@ -60,6 +60,11 @@ async def read_body(
     Raises ``ResponseTooLargeError`` past a limit (nothing more is read) and
     ``ResponseDecodingError`` for a corrupt, truncated or unknown coding.
     """
+    if response.is_stream_consumed:
+        # Built whole in-process (``httpx.MockTransport``): httpx decoded it already.
+        if len(response.content) > limits.max_decoded_bytes:
+            raise _too_large("decoded body", limits.max_decoded_bytes, method, url)
+        return response.content
     header = ",".join(response.headers.get_list("content-encoding"))
     codings = [coding.strip().lower() for coding in header.split(",")] if header else []
     unknown = [c for c in codings if c not in _GZIP and c not in _PASS and c != "deflate"]

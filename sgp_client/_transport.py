@@ -174,7 +174,7 @@ class H11Transport(httpx.AsyncBaseTransport):
                     stream = await anyio.connect_tcp(
                         host.decode("ascii"),
                         port,
-                        ssl_context=self._context(),
+                        ssl_context=self.ssl_context,
                         # No close_notify exchange at close: HTTP framing says where answers end.
                         tls_standard_compatible=False,
                     )
@@ -190,7 +190,9 @@ class H11Transport(httpx.AsyncBaseTransport):
         logger.debug("connected to %s:%d", host.decode("ascii"), port)
         return _Connection(stream)
 
-    def _context(self) -> ssl.SSLContext:
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context of every https connection, made when first needed."""
         if self._ssl_context is None:
             # httpx's own context (certifi, or SSL_CERT_FILE/SSL_CERT_DIR): the same checks.
             context = httpx.create_ssl_context()
@@ -198,7 +200,7 @@ class H11Transport(httpx.AsyncBaseTransport):
             self._ssl_context = context
         return self._ssl_context
 
-    async def _release(self, connection: _Connection, origin: _Origin, reusable: bool) -> None:
+    async def give_back(self, connection: _Connection, origin: _Origin, reusable: bool) -> None:
         self._slots.release()
         if reusable and not self._closed:
             connection.idle_since = time.monotonic()
@@ -298,6 +300,11 @@ class _Connection:
         while True:
             event = await self.next_event(request, received)
             if isinstance(event, h11.Response):
+                # h11 bounds a head still arriving; one that came whole is bounded here.
+                if sum(len(name) + len(value) + 4 for name, value in event.headers) > MAX_HEAD:
+                    raise httpx.RemoteProtocolError(
+                        f"the answer's head is larger than {MAX_HEAD} bytes", request=request
+                    )
                 names = {name for name, _ in event.headers}
                 if b"transfer-encoding" in names and b"content-length" in names:
                     self.must_close = True
@@ -393,7 +400,7 @@ class _ResponseBody(httpx.AsyncByteStream):
     async def _finish(self, *, reusable: bool) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
-            await self._transport._release(connection, self._origin, reusable)
+            await self._transport.give_back(connection, self._origin, reusable)
 
     async def aclose(self) -> None:
         # Unread body (or a failure): the connection cannot carry another exchange.
