@@ -1,7 +1,7 @@
 """Reading an answer's body within ``ResponseLimits``: streamed, counted, decoded in bounded steps.
 
 httpx's own decoders inflate a whole received chunk at once (a 2 KB ``gzip, gzip`` body
-becomes GiBs in one call), so bodies are read raw (``aiter_raw``) and decoded here, each
+becomes GiBs in one call), so bodies are read raw (``response.stream``) and decoded here, each
 step asked for at most the room left under the limit. Codings: ``gzip``, ``deflate`` (zlib
 wrapped or raw, as httpx accepts) and ``identity``; the client asks for no others
 (``accept-encoding: gzip, deflate``). An empty body is empty whatever its coding says.
@@ -77,21 +77,32 @@ async def read_body(
     inflaters = [_Inflater(c) for c in reversed(codings) if c not in _PASS]
     produced = [0] * len(inflaters)
     parts: list[bytes] = []
-    received = decoded = 0
-    async for chunk in response.aiter_raw():
-        received += len(chunk)
-        if received > limits.max_body_bytes:
-            raise _too_large("body", limits.max_body_bytes, method, url)
-        for index, inflater in enumerate(inflaters):
-            try:
-                chunk = inflater.feed(chunk, limits.max_decoded_bytes - produced[index])
-            except zlib.error:
-                raise _undecodable(inflater.coding, method, url) from None
-            produced[index] += len(chunk)
-            if produced[index] > limits.max_decoded_bytes:
-                raise _too_large("decoded body", limits.max_decoded_bytes, method, url)
-        decoded += len(chunk)
-        parts.append(chunk)
+    received = 0
+    # The raw stream, iterated by hand and closed in all cases: httpx's ``aiter_raw`` is an
+    # async generator over another one, and leaving it at a limit leaves both unfinished
+    # (trio warns when they are collected).
+    stream = response.stream
+    if not isinstance(stream, httpx.AsyncByteStream):
+        raise TypeError("an async client's response has an async stream")
+    chunks = stream.__aiter__()
+    try:
+        async for chunk in chunks:
+            received += len(chunk)
+            if received > limits.max_body_bytes:
+                raise _too_large("body", limits.max_body_bytes, method, url)
+            for index, inflater in enumerate(inflaters):
+                try:
+                    chunk = inflater.feed(chunk, limits.max_decoded_bytes - produced[index])
+                except zlib.error:
+                    raise _undecodable(inflater.coding, method, url) from None
+                produced[index] += len(chunk)
+                if produced[index] > limits.max_decoded_bytes:
+                    raise _too_large("decoded body", limits.max_decoded_bytes, method, url)
+            parts.append(chunk)
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
     if received and not all(inflater.finished() for inflater in inflaters):
         raise _undecodable(header, method, url, truncated=True)
     return b"".join(parts)

@@ -183,6 +183,9 @@ class AsyncSGPClient:
         # In a forked child the sockets are the parent's: closing would shut them down there.
         if os.getpid() != self._pid:
             return
+        # Connections of another (finished) event loop cannot be closed from this one.
+        if self._loop is not None and anyio.lowlevel.current_token() != self._loop:
+            return
         with anyio.CancelScope(shield=True):
             if self._owns_http:
                 await self._http.aclose()
