@@ -15,13 +15,14 @@ from sgp_client import (
     InvalidSpanError,
     SGPError,
 )
-from sgp_client._exceptions import status_error_class
 from sgp_client._classify import Action, classify
+from sgp_client._exceptions import status_error_class
 from sgp_client._retry import parse_retry_after
 
 
 def is_transient(exc: BaseException) -> bool:
     return classify(exc).action is Action.RETRY
+
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()
 

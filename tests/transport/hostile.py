@@ -133,7 +133,9 @@ class HostileServer:
             thread.start()
             self._threads.append(thread)
 
-    def _serve(self, sock: socket.socket, number: int, script: Script, closed: threading.Event) -> None:
+    def _serve(
+        self, sock: socket.socket, number: int, script: Script, closed: threading.Event
+    ) -> None:
         self._peers.append(sock)
         try:
             if self.tls is not None:

@@ -176,9 +176,11 @@ async def test_an_empty_gzip_body_is_an_empty_body() -> None:
 
 async def test_an_error_detail_nested_600_deep_is_a_clean_status_error() -> None:
     deep = b'{"detail": ' + b"[" * 600 + b"1" + b"]" * 600 + b"}"
-    with HostileServer(replies(http(deep, status=b"400 Bad Request"))) as server:
-        with pytest.raises(BadRequestError) as info:  # was a RecursionError
-            await put(server)
+    with (
+        HostileServer(replies(http(deep, status=b"400 Bad Request"))) as server,
+        pytest.raises(BadRequestError) as info,
+    ):  # was a RecursionError
+        await put(server)
     assert info.value.status_code == 400
     assert len(str(info.value)) < 5000
 
@@ -193,9 +195,11 @@ async def test_retry_after_in_an_absurd_year_is_ignored_and_the_503_retried() ->
 
 async def test_an_unknown_content_coding_is_an_sgp_error() -> None:
     weird = http(gzip.compress(b"{}"), b"content-encoding: gzip, x-unknown")
-    with HostileServer(replies(weird)) as server:
-        with pytest.raises(ResponseDecodingError, match="x-unknown") as info:  # was httpx's
-            await put(server)
+    with (
+        HostileServer(replies(weird)) as server,
+        pytest.raises(ResponseDecodingError, match="x-unknown") as info,
+    ):  # was httpx's
+        await put(server)
     assert isinstance(info.value, SGPError)
 
 
@@ -204,10 +208,13 @@ async def test_a_503_with_an_unknown_coding_is_still_a_503_and_retried() -> None
     # Its body unread, the first connection is closed: the retry comes on a second one.
     with HostileServer(replies(weird), replies(http())) as server:
         async with client_for(server, max_retries=1) as sgp:
-            with pytest.raises(InternalServerError, match="body not read"):
-                await sgp.send_once("PUT", "/v5/spans/batch", content=b"{}")
             assert await sgp.request("PUT", "/v5/spans/batch", content=b"{}") == {"ok": True}
     assert [number for number, _, _ in server.requests] == [1, 2]
+    with (
+        HostileServer(replies(weird)) as server,
+        pytest.raises(InternalServerError, match="body not read"),
+    ):
+        await put(server)
 
 
 # ----------------------------------------------------------------- the key echoed by a server
@@ -215,9 +222,8 @@ async def test_a_503_with_an_unknown_coding_is_still_a_503_and_retried() -> None
 
 async def test_a_key_echoed_in_x_request_id_never_shows() -> None:
     echo = http(b'{"detail": "no"}', b"x-request-id: rid-" + KEY.encode(), status=b"403 No")
-    with HostileServer(replies(echo)) as server:
-        with pytest.raises(APIStatusError) as info:
-            await put(server)
+    with HostileServer(replies(echo)) as server, pytest.raises(APIStatusError) as info:
+        await put(server)
     assert info.value.request_id == "rid-***"
     assert KEY not in everything_said(info.value)
 
@@ -227,9 +233,11 @@ async def test_a_key_straddling_the_detail_cut_is_masked_before_the_cut() -> Non
     for offset in range(-len(KEY) + 1, 1):  # every way the cut can fall inside the key
         detail = "a" * (limit + offset) + KEY + "tail"
         body = orjson.dumps({"detail": detail})
-        with HostileServer(replies(http(body, status=b"422 Nope"))) as server:
-            with pytest.raises(APIStatusError) as info:
-                await put(server, limits=ResponseLimits(max_error_detail=limit))
+        with (
+            HostileServer(replies(http(body, status=b"422 Nope"))) as server,
+            pytest.raises(APIStatusError) as info,
+        ):
+            await put(server, limits=ResponseLimits(max_error_detail=limit))
         said = everything_said(info.value)
         assert KEY[:6] not in said.replace("sk-hostile", "")  # not even its start
         assert KEY not in said
@@ -237,9 +245,11 @@ async def test_a_key_straddling_the_detail_cut_is_masked_before_the_cut() -> Non
 
 async def test_a_16_mib_error_detail_is_cut() -> None:
     body = orjson.dumps({"detail": "x" * (16 * MiB)})
-    with HostileServer(replies(http(body, status=b"400 Bad"))) as server:
-        with pytest.raises(BadRequestError) as info:
-            await put(server)
+    with (
+        HostileServer(replies(http(body, status=b"400 Bad"))) as server,
+        pytest.raises(BadRequestError) as info,
+    ):
+        await put(server)
     limit = ResponseLimits().max_error_detail
     assert len(info.value.detail) < limit + 100
     assert len(str(info.value)) < limit + 300
@@ -248,9 +258,11 @@ async def test_a_16_mib_error_detail_is_cut() -> None:
 
 async def test_a_structured_detail_over_the_limit_becomes_cut_text() -> None:
     body = orjson.dumps({"detail": [{"loc": ["body", i], "msg": "bad"} for i in range(5000)]})
-    with HostileServer(replies(http(body, status=b"422 Nope"))) as server:
-        with pytest.raises(APIStatusError) as info:
-            await put(server, limits=ResponseLimits(max_error_detail=500))
+    with (
+        HostileServer(replies(http(body, status=b"422 Nope"))) as server,
+        pytest.raises(APIStatusError) as info,
+    ):
+        await put(server, limits=ResponseLimits(max_error_detail=500))
     assert isinstance(info.value.detail, str)
     assert info.value.detail.startswith('[{"loc":["body",0]')
     assert len(str(info.value)) < 800
@@ -294,21 +306,21 @@ def test_a_client_reused_on_a_new_event_loop_is_a_clear_error(backend: str) -> N
     import warnings
 
     with HostileServer(replies(http())) as server:
-        sgp = client_for(server)
+        clients = [client_for(server)]
 
         async def call() -> Any:
-            return (await sgp.send_once("PUT", "/v5/spans/batch", content=b"{}")).json()
+            return (await clients[0].send_once("PUT", "/v5/spans/batch", content=b"{}")).json()
 
         async def again() -> None:
             with pytest.raises(ClientClosedError, match="another event loop"):  # RuntimeError
                 await call()
-            await sgp.aclose()
+            await clients[0].aclose()
 
         assert anyio.run(call, backend=backend) == {"ok": True}
         anyio.run(again, backend=backend)
         # The first loop's connection was never closed (its loop is gone, which is why the
         # client refuses): the event loop warns when it is collected.
-        del sgp
+        clients.clear()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             gc.collect()
