@@ -426,7 +426,7 @@ def _remaining(deadline: float | None) -> float | None:
     return max(deadline - anyio.current_time(), 0.0)
 
 
-class _Body(httpx.ByteStream):
+class _Body(httpx.AsyncByteStream):
     """A request body whose async iteration needs no cleanup.
 
     httpx's own ``ByteStream.__aiter__`` is an async generator: when a connection breaks
@@ -434,8 +434,11 @@ class _Body(httpx.ByteStream):
     unfinished, which trio reports with a ResourceWarning on every dropped request.
     """
 
+    def __init__(self, content: bytes) -> None:
+        self.content = content
+
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return _OneChunk(self._stream)
+        return _OneChunk(self.content)
 
 
 class _OneChunk:
