@@ -258,9 +258,11 @@ class _Connection:
                 pass
             except (ssl.SSLError, OSError):
                 return False
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return not poller.poll(0)
+        if hasattr(select, "poll"):  # not limited to descriptors below 1024, unlike select
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return not poller.poll(0)
+        return not select.select([fd], [], [], 0)[0]
 
     async def close(self) -> None:
         await anyio.aclose_forcefully(self.stream)
@@ -289,7 +291,9 @@ class _Connection:
             # A server may answer early (413) and close while the body is still going out.
             try:
                 answer = await self._read_head(request)
-            except (_Disconnected, httpx.ReadError):
+            except _Disconnected:
+                raise  # no answer at all: the retry-once rule applies
+            except httpx.ReadError:
                 raise httpx.WriteError(f"{_describe(exc)} while sending", request=request) from None
             self.must_close = True
             return answer
