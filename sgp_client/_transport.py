@@ -382,7 +382,8 @@ class _ResponseBody(httpx.AsyncByteStream):
             await self._finish(reusable=False)
             raise
         if isinstance(event, h11.Data):
-            return bytes(event.data)
+            # h11 hands a fresh bytearray: passed on as is (a copy of the body fewer).
+            return event.data
         if isinstance(event, h11.EndOfMessage):
             await self._finish(reusable=self._reusable(connection))
             raise StopAsyncIteration
