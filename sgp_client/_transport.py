@@ -51,6 +51,8 @@ logger = logging.getLogger("sgp_client.transport")
 _RECEIVE_SIZE: Final = 256 * 1024
 #: Longest answer head (status line and headers) accepted.
 MAX_HEAD: Final = 64 * 1024
+#: The most body bytes handed on per step (the limits are checked per step).
+_STEP: Final = 512 * 1024
 #: Bodies up to this size go out with the head in one send; copying more costs more than a send.
 _JOIN_LIMIT: Final = 1024 * 1024
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
@@ -97,10 +99,13 @@ class H11Transport(httpx.AsyncBaseTransport):
         read_timeout = timeouts.get("read")
         deadline = None if read_timeout is None else anyio.current_time() + read_timeout
         try:
-            with anyio.fail_after(timeouts.get("pool")):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise httpx.PoolTimeout("no free connection in time", request=request) from None
+            self._slots.acquire_nowait()  # the usual case, without a cancel scope
+        except anyio.WouldBlock:
+            try:
+                with anyio.fail_after(timeouts.get("pool")):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise httpx.PoolTimeout("no free connection in time", request=request) from None
         try:
             return await self._exchange(request, deadline, timeouts.get("connect"))
         except BaseException:
@@ -370,9 +375,22 @@ class _ResponseBody(httpx.AsyncByteStream):
         connection = self._connection
         if connection is None:
             raise StopAsyncIteration
+        parts: list[bytes] = []
+        size = 0
+        reusable: bool | None = None  # set once the answer ended
         try:
             with anyio.fail_after(_remaining(self._deadline)):
-                event = await connection.next_event(self._request)
+                # Up to _STEP bytes per step, over several receives if need be: each step
+                # crosses httpx's stream and a cancel scope, so fewer and larger cost less.
+                while size < _STEP:
+                    event = await connection.next_event(self._request)
+                    if not isinstance(event, h11.Data):
+                        # EndOfMessage, or ConnectionClosed ending a close-delimited body.
+                        end = isinstance(event, h11.EndOfMessage)
+                        reusable = end and self._reusable(connection)
+                        break
+                    parts.append(event.data)
+                    size += len(event.data)
         except TimeoutError:
             await self._finish(reusable=False)
             raise httpx.ReadTimeout(
@@ -381,15 +399,11 @@ class _ResponseBody(httpx.AsyncByteStream):
         except BaseException:
             await self._finish(reusable=False)
             raise
-        if isinstance(event, h11.Data):
-            # h11 hands a fresh bytearray: passed on as is (a copy of the body fewer).
-            return event.data
-        if isinstance(event, h11.EndOfMessage):
-            await self._finish(reusable=self._reusable(connection))
-            raise StopAsyncIteration
-        # ConnectionClosed: a close-delimited body ends here.
-        await self._finish(reusable=False)
-        raise StopAsyncIteration
+        if reusable is not None:
+            await self._finish(reusable=reusable)
+            if not parts:
+                raise StopAsyncIteration
+        return b"".join(parts)
 
     @staticmethod
     def _reusable(connection: _Connection) -> bool:
