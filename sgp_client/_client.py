@@ -1,7 +1,8 @@
 """``AsyncSGPClient``: the typed async client of the SGP spans API.
 
 Every request goes through an ``httpx.AsyncClient``. Its transport is, by default, the
-client's own ``H11Transport`` (keep-alive HTTP/1.1 parsed by h11, leaner than httpx's own);
+client's own ``H11Transport`` (keep-alive HTTP/1.1 parsed by h11, never reusing a
+connection with bytes left over, which httpx's own transport does);
 httpx's default transport when a proxy is set in the environment (httpx applies it); or
 what the caller passes (``transport=``, ``http_client=``). Answers are read streamed within
 ``ResponseLimits``. Every request carries the key and account headers; errors are translated

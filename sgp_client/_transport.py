@@ -1,12 +1,12 @@
 """``H11Transport``: the client's default httpx transport, HTTP/1.1 parsed by h11 on anyio.
 
-Why not httpx's own transport (httpcore): a busy ``UpsertQueue`` is bound by the client CPU
-per batch, and httpcore spends much of it in per-read machinery (a cancel scope and
-exception-mapping context managers around every 64 KiB read). This transport does one thing:
-HTTP/1.1 over keep-alive connections, the parsing by h11 (the parser httpcore uses), reads of
-256 KiB, one deadline per exchange. It is the default only when nothing httpx-specific applies
-(no ``transport=``, no ``http_client=``, no proxy in the environment). Measured on the
-20,000-span tracer burst, alternated in one run: see the ``README`` ("The client").
+Why not httpx's own transport (httpcore): httpcore 1.0.9 starts the next exchange on bytes
+h11 already holds, so a server (or proxy) that sends more than one answer gets its extra
+bytes read as the answer to the next request; this transport never reuses such a
+connection. It is also somewhat leaner (256 KiB reads, one deadline per exchange, no
+per-read exception-mapping context managers); the measurements are in the README ("The
+client"). It is the default only when nothing httpx-specific applies (no ``transport=``, no
+``http_client=``, no proxy in the environment).
 
 Rules:
 
