@@ -9,7 +9,7 @@ async with AsyncSGPClient() as client:  # SGP_API_KEY, SGP_ACCOUNT_ID, SGP_CLIEN
 """
 
 from ._client import DEFAULT_TIMEOUT, MAX_BATCH_ITEMS, AsyncSGPClient, SpansResource
-from ._config import ENVIRONMENTS, Environment
+from ._config import ENVIRONMENTS, Environment, ResponseLimits
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -27,6 +27,8 @@ from ._exceptions import (
     QueueNotRunningError,
     RateLimitError,
     RequestTooLargeError,
+    ResponseDecodingError,
+    ResponseTooLargeError,
     SGPError,
     UnprocessableEntityError,
 )
@@ -76,6 +78,9 @@ __all__ = [
     "RateLimitError",
     "Redactor",
     "RequestTooLargeError",
+    "ResponseDecodingError",
+    "ResponseLimits",
+    "ResponseTooLargeError",
     "SGPError",
     "Span",
     "SpanItem",

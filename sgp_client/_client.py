@@ -1,41 +1,49 @@
 """``AsyncSGPClient``: the typed async client of the SGP spans API.
 
-Requests go through a lean keep-alive HTTP/1.1 pool (``_wire``, about a third of httpx's CPU
-per request) when the client made its own connections and no proxy applies; through
-its ``httpx.AsyncClient`` otherwise (``transport=``, ``http_client=``, a proxy in the
-environment). Every request carries the key and account headers; errors are translated to the
-``SGPError`` tree at this seam; direct calls retry transient failures with backoff within a
-deadline for the whole call.
+Every request goes through an ``httpx.AsyncClient``. Its transport is, by default, the
+client's own ``H11Transport`` (keep-alive HTTP/1.1 parsed by h11, never reusing a
+connection with bytes left over, which httpx's own transport does);
+httpx's default transport when a proxy is set in the environment (httpx applies it); or
+what the caller passes (``transport=``, ``http_client=``). Answers are read streamed within
+``ResponseLimits``. Every request carries the key and account headers; errors are translated
+to the ``SGPError`` tree at this seam; direct calls retry what ``classify`` says is worth it,
+with backoff, within a deadline for the whole call.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
+import urllib.request
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import anyio
+import anyio.lowlevel
 import httpx
 
-from ._config import ClientConfig, resolve_config
+from ._body import ACCEPT_ENCODING, read_body
+from ._classify import Action, classify
+from ._config import ClientConfig, ResponseLimits, resolve_config
 from ._exceptions import (
     APIConnectionError,
     APIError,
     APIStatusError,
     APITimeoutError,
     ClientClosedError,
+    ResponseDecodingError,
+    ResponseTooLargeError,
     SGPError,
     status_error_class,
 )
 from ._models import Span, SpanItem
 from ._redact import Redactor
-from ._retry import Backoff, is_transient, parse_retry_after
+from ._retry import Backoff, parse_retry_after
 from ._serialization import dumps, encode_item, encode_items_body, loads, structure
-from ._wire import WireError, WirePool, WireTimeout
+from ._transport import H11Transport
 
 __all__ = ["DEFAULT_TIMEOUT", "MAX_BATCH_ITEMS", "AsyncSGPClient", "SpansResource"]
 
@@ -46,6 +54,8 @@ MAX_BATCH_ITEMS: Final = 1000
 #: Per-request timeouts, as the official SDK: 60 s overall, 5 s to connect.
 DEFAULT_TIMEOUT: Final = httpx.Timeout(60.0, connect=5.0)
 _BATCH_PATH: Final = "/v5/spans/batch"
+#: The longest request id kept from an answer (it is the server's text, shown in errors).
+_MAX_REQUEST_ID: Final = 200
 
 T = TypeVar("T")
 
@@ -55,12 +65,15 @@ class AsyncSGPClient:
 
     Settings come from keyword arguments, then ``SGP_API_KEY``, ``SGP_ACCOUNT_ID`` and
     ``SGP_CLIENT_BASE_URL`` (empty variables count as unset), then the production URL.
-    Use it as ``async with AsyncSGPClient() as client:`` or call ``aclose()``.
+    Use it as ``async with AsyncSGPClient() as client:`` or call ``aclose()``. A client
+    belongs to the event loop it first sends on (its connections do).
 
     ``transport=`` takes any httpx async transport (``httpx.ASGITransport`` for in-process
     tests); ``http_client=`` an ``httpx.AsyncClient`` you own (it is not closed for you).
-    Without either, and without a proxy in the environment, requests go through the client's
-    own lean HTTP/1.1 connection pool (at most ``max_connections`` connections).
+    Without either, requests go through the client's own ``H11Transport`` (at most
+    ``max_connections`` connections), or through httpx's default transport when a proxy
+    variable (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``) applies to the base URL's scheme.
+    ``limits`` bounds what an answer may hold (``ResponseLimits``).
     ``max_retries`` applies to direct calls; ``call_timeout`` bounds a whole call, retries
     included. ``redact`` (off by default: the SGP API masks credential-shaped values itself,
     server side) is applied to every span's name, input, output, metadata and expected before
@@ -83,6 +96,7 @@ class AsyncSGPClient:
         max_connections: int = 64,
         allow_insecure_http: bool = False,
         redact: Redactor | None = None,
+        limits: ResponseLimits | None = None,
     ) -> None:
         if transport is not None and http_client is not None:
             raise ValueError("pass either transport= or http_client=, not both")
@@ -102,12 +116,20 @@ class AsyncSGPClient:
         #: Applied to span content before it is sent (see ``sgp_client.redact_credentials``).
         self.redact = redact
         self.backoff = backoff or Backoff()
+        #: How much of an answer is accepted.
+        self.limits = limits or ResponseLimits()
         self._headers = {
             "x-api-key": self._config.api_key,
             "x-selected-account-id": self._config.account_id,
             "content-type": "application/json",
             "accept": "application/json",
+            # Only the codings ``read_body`` decodes within the limits.
+            "accept-encoding": ACCEPT_ENCODING,
         }
+        #: The client's own transport, when it is the one in use.
+        self.transport: H11Transport | None = None
+        if transport is None and http_client is None and not _proxied(self.base_url):
+            transport = self.transport = H11Transport(max_connections=max_connections)
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(
             transport=transport,
@@ -119,16 +141,9 @@ class AsyncSGPClient:
             # TLS verification stays on (httpx's default); never follow redirects with a key.
             follow_redirects=False,
         )
-        self._wire: WirePool | None = None
-        if transport is None and http_client is None and not _proxied(self._http, self.base_url):
-            self._wire = WirePool(
-                self.base_url,
-                self._headers,
-                max_connections=max_connections,
-                timeout=self._http.timeout,
-            )
         self._closed = False
         self._pid = os.getpid()
+        self._loop: object | None = None
         self.spans = SpansResource(self)
 
     @property
@@ -169,9 +184,10 @@ class AsyncSGPClient:
         # In a forked child the sockets are the parent's: closing would shut them down there.
         if os.getpid() != self._pid:
             return
+        # Connections of another (finished) event loop cannot be closed from this one.
+        if self._loop is not None and anyio.lowlevel.current_token() != self._loop:
+            return
         with anyio.CancelScope(shield=True):
-            if self._wire is not None:
-                await self._wire.aclose()
             if self._owns_http:
                 await self._http.aclose()
 
@@ -183,6 +199,16 @@ class AsyncSGPClient:
             raise ClientClosedError(
                 "this AsyncSGPClient was created in another process (before a fork); "
                 "create a new client in the child"
+            )
+        loop = anyio.lowlevel.current_token()
+        if self._loop is None:
+            self._loop = loop
+        elif loop != self._loop:
+            # Its pooled connections belong to the first loop (closed or not): using them
+            # here fails deep in the event loop with a bare RuntimeError.
+            raise ClientClosedError(
+                "this AsyncSGPClient was used on another event loop; create one client per "
+                "event loop (for example inside the function given to anyio.run/asyncio.run)"
             )
 
     async def send_once(
@@ -196,62 +222,11 @@ class AsyncSGPClient:
     ) -> httpx.Response:
         """Send one request, no retries; translate failures into the ``SGPError`` tree.
 
-        Returns the response of a 2xx answer; raises ``APIStatusError`` subclasses otherwise.
+        Returns the (fully read) response of a 2xx answer; raises ``APIStatusError``
+        subclasses otherwise, ``ResponseTooLargeError`` past ``limits``.
         """
         self._check_usable()
         url = self._config.base_url + path
-        if self._wire is not None:
-            response = await self._send_wire(self._wire, method, url, content, params, timeout)
-        else:
-            response = await self._send_httpx(method, url, content, params, timeout)
-        # Redirects are never followed (the key would go along), so for a JSON API one is an
-        # error too.
-        if response.status_code >= 300:
-            raise self._status_error(response, method, url)
-        return response
-
-    async def _send_wire(
-        self,
-        wire: WirePool,
-        method: str,
-        url: str,
-        content: bytes | None,
-        params: Mapping[str, Any] | None,
-        timeout: float | None,
-    ) -> httpx.Response:
-        # httpx builds the URL, so both paths send the same request target, byte for byte.
-        request = httpx.Request(method, _parsed_url(url), params=params)
-        try:
-            answer = await wire.request(
-                request.method, request.url.raw_path, content, timeout=timeout
-            )
-        except WireTimeout as exc:
-            raise APITimeoutError(
-                f"{method} {url} timed out ({exc})", method=method, url=url
-            ) from exc
-        except WireError as exc:
-            message = self._scrub(f"{method} {url} failed: {type(exc).__name__}: {exc}")
-            raise APIConnectionError(message, method=method, url=url) from exc
-        return httpx.Response(
-            answer.status,
-            headers=answer.headers,
-            content=answer.content,
-            request=request,
-            extensions={
-                "http_version": b"HTTP/1.1",
-                "reason_phrase": answer.reason,
-                "network_stream": answer.network_stream,
-            },
-        )
-
-    async def _send_httpx(
-        self,
-        method: str,
-        url: str,
-        content: bytes | None,
-        params: Mapping[str, Any] | None,
-        timeout: float | None,
-    ) -> httpx.Response:
         request = self._http.build_request(
             method,
             url,
@@ -264,7 +239,12 @@ class AsyncSGPClient:
             request.stream = _Body(content)
         try:
             # Even on a caller's http_client: a redirect would carry the key elsewhere.
-            response = await self._http.send(request, follow_redirects=False)
+            streamed = await self._http.send(request, stream=True, follow_redirects=False)
+            try:
+                body, unreadable = await self._read(streamed, method, url)
+            finally:
+                # Unread bytes (a limit, a failure): the transport closes the connection.
+                await streamed.aclose()
         except httpx.TimeoutException as exc:
             raise APITimeoutError(
                 f"{method} {url} timed out ({type(exc).__name__})", method=method, url=url
@@ -273,31 +253,71 @@ class AsyncSGPClient:
             # Some transport errors quote what was sent (h11 quotes a refused header value).
             message = self._scrub(f"{method} {url} failed: {type(exc).__name__}: {exc}")
             raise APIConnectionError(message, method=method, url=url) from exc
+        # The decoded body, without the headers that described the encoded one.
+        headers = [
+            (name, value)
+            for name, value in streamed.headers.multi_items()
+            if name not in ("content-encoding", "content-length")
+        ]
+        response = httpx.Response(
+            streamed.status_code,
+            headers=headers,
+            content=body,
+            request=request,
+            extensions=streamed.extensions,
+        )
+        # Redirects are never followed (the key would go along), so for a JSON API one is an
+        # error too.
+        if response.status_code >= 300:
+            raise self._status_error(response, method, url, unreadable)
         return response
 
-    def _scrub(self, value: Any) -> Any:
-        """``value`` with the API key masked wherever it occurs (servers may echo it)."""
-        key = self._config.api_key
-        if isinstance(value, str):
-            return value.replace(key, "***") if key in value else value
-        if isinstance(value, list):
-            return [self._scrub(v) for v in value]
-        if isinstance(value, dict):
-            return {self._scrub(k): self._scrub(v) for k, v in value.items()}
-        return value
-
-    def _status_error(self, response: httpx.Response, method: str, url: str) -> APIStatusError:
-        detail: Any
+    async def _read(
+        self, response: httpx.Response, method: str, url: str
+    ) -> tuple[bytes, str | None]:
+        """The body and, for an error status whose body could not be read, why not."""
         try:
-            body = loads(response.content)
+            return await read_body(response, self.limits, method, url), None
+        except (ResponseTooLargeError, ResponseDecodingError) as exc:
+            # An error status stays what it is (a 503 is retried) whatever its body holds.
+            if response.status_code < 300:
+                raise
+            return b"", f"<body not read: {type(exc).__name__}>"
+
+    def _scrub(self, text: str) -> str:
+        """``text`` with the API key masked (servers may echo it)."""
+        key = self._config.api_key
+        return text.replace(key, "***") if key in text else text
+
+    def _status_error(
+        self, response: httpx.Response, method: str, url: str, unreadable: str | None
+    ) -> APIStatusError:
+        limit = self.limits.max_error_detail
+        # Masked first, cut after: a key straddling the cut would otherwise leak half of it.
+        text = self._scrub(response.content.decode("utf-8", "replace"))
+        detail: Any = None
+        try:
+            body = loads(text) if text else None
             detail = body.get("detail", body) if isinstance(body, dict) else body
-        except ValueError:
-            detail = response.text[:500] or response.reason_phrase
+            # Still a key in it? Only through JSON escapes ("\u0073k-..."): keep the text.
+            if detail is not None and not isinstance(detail, str):
+                shown = dumps(detail).decode()
+                if len(shown) > limit or self._config.api_key in shown:
+                    detail = _cut(self._scrub(shown), limit)
+        except (ValueError, TypeError, RecursionError):
+            detail = None
+        if isinstance(detail, str):
+            detail = _cut(self._scrub(detail), limit)
+        elif detail is None:
+            detail = _cut(text, limit) or unreadable or response.reason_phrase
+        request_id = response.headers.get("x-request-id")
+        if request_id is not None:
+            request_id = _cut(self._scrub(request_id), _MAX_REQUEST_ID)
         cls = status_error_class(response.status_code)
         return cls(
             status_code=response.status_code,
-            detail=self._scrub(detail),
-            request_id=response.headers.get("x-request-id"),
+            detail=detail,
+            request_id=request_id,
             method=method,
             url=url,
             retry_after=self._retry_after(response.headers),
@@ -328,8 +348,9 @@ class AsyncSGPClient:
     ) -> Any:
         """Send a request with retries of transient failures; return the decoded JSON answer.
 
-        Connection errors, timeouts, 408, 429, 502, 503 and 504 are retried with backoff and
-        jitter, honouring ``Retry-After``; nothing else is. ``call_timeout`` bounds it all.
+        What ``classify`` calls ``RETRY`` (connection errors, timeouts, 408, 429 and most 5xx)
+        is retried with backoff and jitter, honouring ``Retry-After``; nothing else is.
+        ``call_timeout`` bounds it all.
         """
         retries = self.max_retries if max_retries is None else max_retries
         # The event loop's clock, the one ``fail_after`` and ``sleep`` measure with.
@@ -347,7 +368,7 @@ class AsyncSGPClient:
                     url=self._config.base_url + path,
                 ) from None
             except SGPError as exc:
-                if attempt >= retries or not is_transient(exc):
+                if attempt >= retries or classify(exc).action is not Action.RETRY:
                     raise
                 delay = self.backoff.delay(attempt, getattr(exc, "retry_after", None))
                 remaining = _remaining(deadline)
@@ -383,20 +404,21 @@ class AsyncSGPClient:
             ) from exc
 
 
-def _proxied(http: httpx.AsyncClient, url: str) -> bool:
-    """Whether httpx would send requests for ``url`` through a proxy (``HTTP_PROXY``...)."""
-    # httpx's own (private) decision, from the environment with NO_PROXY applied, so the wire
-    # pool is never used where httpx would have gone through a proxy.
-    transport_for_url = getattr(http, "_transport_for_url", None)
-    if transport_for_url is None:  # an httpx that decides differently: leave it to httpx
-        return True
-    return transport_for_url(httpx.URL(url)) is not http._transport
+def _proxied(url: str) -> bool:
+    """Whether a proxy variable of the environment names the scheme of ``url`` (or all).
+
+    Then httpx's own transport is used, and httpx decides (``NO_PROXY`` included): the one
+    place proxies are understood.
+    """
+    proxies = urllib.request.getproxies_environment()
+    return bool(proxies.get(urlsplit(url).scheme) or proxies.get("all"))
 
 
-@functools.lru_cache(maxsize=256)
-def _parsed_url(url: str) -> httpx.URL:
-    # Parsing is a third of the cost of an httpx.Request; the batch URL is the same every time.
-    return httpx.URL(url)
+def _cut(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def _remaining(deadline: float | None) -> float | None:
@@ -405,7 +427,7 @@ def _remaining(deadline: float | None) -> float | None:
     return max(deadline - anyio.current_time(), 0.0)
 
 
-class _Body(httpx.ByteStream):
+class _Body(httpx.AsyncByteStream):
     """A request body whose async iteration needs no cleanup.
 
     httpx's own ``ByteStream.__aiter__`` is an async generator: when a connection breaks
@@ -413,8 +435,11 @@ class _Body(httpx.ByteStream):
     unfinished, which trio reports with a ResourceWarning on every dropped request.
     """
 
+    def __init__(self, content: bytes) -> None:
+        self.content = content
+
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return _OneChunk(self._stream)
+        return _OneChunk(self.content)
 
 
 class _OneChunk:
@@ -484,13 +509,17 @@ class SpansResource:
         page_size: int = 100,
         sort_order: str | None = None,
         sort_by: str | None = None,
+        from_ts: datetime | str | None = None,
+        to_ts: datetime | str | None = None,
         **filters: Any,
     ) -> AsyncIterator[Span]:
         """Iterate over every span matching the filters, fetching cursor pages as needed.
 
         Filters go in the JSON body (``POST /v5/spans/search``); other API filters can be
-        passed as keyword arguments. Nothing is sent until iteration starts; leaving the
-        loop early needs no cleanup.
+        passed as keyword arguments. The time window (``from_ts``, ``to_ts``: a datetime or
+        an ISO 8601 string) goes in the query string, where the API reads it (as the
+        official client sends it). Nothing is sent until iteration starts; leaving the loop
+        early needs no cleanup. A server whose cursor stops advancing is an ``APIError``.
         """
         if not 1 <= page_size <= 1000:
             raise ValueError("page_size must be between 1 and 1000")
@@ -521,6 +550,11 @@ class SpansResource:
             params["sort_order"] = sort_order
         if sort_by is not None:
             params["sort_by"] = sort_by
+        for name, when in (("from_ts", from_ts), ("to_ts", to_ts)):
+            if isinstance(when, datetime):
+                params[name] = when.isoformat()
+            elif when is not None:
+                params[name] = when
         return _SearchPages(self._client, dumps(body), params)
 
 
@@ -541,6 +575,7 @@ class _SearchPages:
         self._buffer: list[Span] = []
         self._index = 0
         self._done = False
+        self._cursors: set[str] = set()
 
     def __aiter__(self) -> Self:
         return self
@@ -566,8 +601,17 @@ class _SearchPages:
         cursor = page.get("next_cursor") or (self._buffer[-1].id if self._buffer else None)
         if not page.get("has_more") or cursor is None:
             self._done = True
-        else:
-            self._params = {**self._params, "starting_after": cursor}
+            return
+        if cursor in self._cursors:
+            # A page we had already asked for: following it would request forever.
+            self._done = True
+            raise APIError(
+                f"POST {self._PATH}: the search cursor does not advance (a page repeats)",
+                method="POST",
+                url=self._client.base_url + self._PATH,
+            )
+        self._cursors.add(cursor)
+        self._params = {**self._params, "starting_after": cursor}
 
 
 def _batch_body(items: Iterable[SpanItem], redact: Redactor | None) -> bytes:

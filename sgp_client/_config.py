@@ -13,7 +13,7 @@ import attrs
 
 from ._exceptions import ConfigurationError
 
-__all__ = ["ENVIRONMENTS", "ClientConfig", "Environment", "resolve_config"]
+__all__ = ["ENVIRONMENTS", "ClientConfig", "Environment", "ResponseLimits", "resolve_config"]
 
 Environment = Literal["production", "production-multitenant", "staging", "development", "local"]
 
@@ -108,6 +108,13 @@ def resolve_config(
     else:
         url = base_url or _env("SGP_CLIENT_BASE_URL", env) or ENVIRONMENTS["production"]
     parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        # Never quoted: the URL holds a password. SGP authenticates with the API key; a
+        # user:password@ would go out as Basic auth and show in every error's URL.
+        raise ConfigurationError(
+            "the base URL holds credentials (user:password@host); remove them: SGP "
+            "authenticates with the API key"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(f"base URL must be an http(s) URL with a host, got {url!r}")
     # Plain HTTP would send the API key in clear text: only loopback gets it for free.
@@ -117,3 +124,26 @@ def resolve_config(
             "use https, or pass allow_insecure_http=True"
         )
     return ClientConfig(api_key=key, account_id=account, base_url=url.rstrip("/"))
+
+
+@attrs.frozen(kw_only=True)
+class ResponseLimits:
+    """How much of an answer the client accepts (``AsyncSGPClient(limits=...)``).
+
+    Past a limit the client raises ``ResponseTooLargeError`` and closes the connection; it
+    never buffers more than the limit: bodies are read as they arrive and counted.
+
+    - ``max_body_bytes``: the largest body on the wire, before decoding (64 MiB). The largest
+      answer the API gives is a batch echoed back: the queue sends at most 4 MiB a batch
+      (``max_batch_bytes``), so this is 16 times that, and room for a direct
+      ``upsert_batch`` of 1000 large spans.
+    - ``max_decoded_bytes``: the largest body after ``gzip``/``deflate`` decoding (64 MiB, the
+      same reasoning); a 2 KB "zip bomb" stops here instead of growing the process by GiBs.
+    - ``max_error_detail``: the most characters of a server's error detail kept in an
+      exception's message and ``detail`` (and so in a log line): 4000, a validation error
+      naming a few dozen fields. The key is masked before the cut.
+    """
+
+    max_body_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=attrs.validators.gt(0))
+    max_decoded_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=attrs.validators.gt(0))
+    max_error_detail: int = attrs.field(default=4000, validator=attrs.validators.gt(0))

@@ -8,8 +8,10 @@
     ├── ClientClosedError (RuntimeError)     use of a closed client
     ├── QueueNotRunningError (RuntimeError)  submit to an UpsertQueue outside ``async with``
     └── APIError                             anything the HTTP exchange produced
+        ├── ResponseTooLargeError            an answer past ``ResponseLimits`` (not retried)
         ├── APIConnectionError               no usable answer: refused, reset, DNS, protocol
-        │   └── APITimeoutError              the request or the call deadline ran out
+        │   ├── APITimeoutError              the request or the call deadline ran out
+        │   └── ResponseDecodingError        a corrupt or unknown content coding
         └── APIStatusError                   the server answered 4xx/5xx
             ├── BadRequestError              400
             ├── AuthenticationError          401
@@ -46,6 +48,8 @@ __all__ = [
     "QueueNotRunningError",
     "RateLimitError",
     "RequestTooLargeError",
+    "ResponseDecodingError",
+    "ResponseTooLargeError",
     "SGPError",
     "UnprocessableEntityError",
     "status_error_class",
@@ -91,6 +95,22 @@ class APIConnectionError(APIError):
 
 class APITimeoutError(APIConnectionError):
     """The request, or the deadline of the whole call, ran out."""
+
+
+class ResponseDecodingError(APIConnectionError):
+    """The answer's body could not be decoded: a corrupt, truncated or unknown content coding."""
+
+
+class ResponseTooLargeError(APIError):
+    """An answer over ``ResponseLimits`` (before or after decoding); the connection is closed.
+
+    Not retried: the same request would most likely get the same answer.
+    """
+
+    def __init__(self, message: str, *, limit: int, method: str, url: str) -> None:
+        super().__init__(message, method=method, url=url)
+        #: The limit that was passed, in bytes.
+        self.limit = limit
 
 
 class APIStatusError(APIError):

@@ -31,6 +31,7 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
+from ._classify import Action, classify
 from ._client import MAX_BATCH_ITEMS, AsyncSGPClient
 from ._exceptions import (
     APIStatusError,
@@ -41,7 +42,7 @@ from ._exceptions import (
 )
 from ._models import SpanItem
 from ._redact import Redactor
-from ._retry import Backoff, is_transient
+from ._retry import Backoff
 from ._serialization import (
     Content,
     encode_fields,
@@ -890,8 +891,8 @@ class UpsertQueue:
             try:
                 await self._send(body)
             except SGPError as exc:
-                status = exc.status_code if isinstance(exc, APIStatusError) else None
-                if is_transient(exc) or (status is not None and status >= 500):
+                verdict = classify(exc)  # the rules shared with direct calls: _classify
+                if verdict.action is Action.RETRY:
                     delay = self.backoff.delay(attempt, getattr(exc, "retry_after", None))
                     if time.monotonic() + delay > deadline:
                         self._settle(batch, DropReason.RETRIES_EXHAUSTED, exc)
@@ -900,20 +901,15 @@ class UpsertQueue:
                     attempt += 1
                     await anyio.sleep(delay)
                     continue
-                if status is None:
-                    # Not an HTTP failure (for example the client was closed): not retryable.
+                if verdict.action is Action.DROP:
+                    # No item causes these (a key, a URL, a proxy): one loud line, no bisection.
                     self._report_configuration_error(exc)
-                    self._settle(batch, DropReason.ERROR, exc)
-                    return
-                if status in (401, 403, 404):
-                    self._report_configuration_error(exc)
-                    reason = DropReason.NOT_FOUND if status == 404 else DropReason.UNAUTHORIZED
-                    self._settle(batch, reason, exc)
+                    self._settle(batch, verdict.reason or DropReason.ERROR, exc)
                     return
                 if len(batch) == 1:
                     self._settle(batch, DropReason.REJECTED, exc)
                     return
-                # 400, 409, 413, 422...: isolate the offenders, deliver the rest.
+                # SPLIT (413) or BISECT (400, 409, 422): isolate the offenders, deliver the rest.
                 await self._deliver_halves(batch, deadline)
                 return
             self._settle(batch, None, None)

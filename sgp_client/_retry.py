@@ -1,7 +1,8 @@
 """When and how long to wait before trying a failed request again.
 
-Shared by the client's direct calls and by the upsert queue, so both classify failures and
-honour ``Retry-After`` the same way (the queue never stacks its retries on the client's).
+Shared by the client's direct calls and by the upsert queue, so both honour ``Retry-After``
+the same way (what is retried at all is ``_classify``'s call; the queue never stacks its
+retries on the client's).
 """
 
 from __future__ import annotations
@@ -10,26 +11,10 @@ import random
 import time
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from typing import Final
 
 import attrs
 
-from ._exceptions import (
-    APIConnectionError,
-    APIStatusError,
-)
-
-__all__ = ["TRANSIENT_STATUSES", "Backoff", "is_transient", "parse_retry_after"]
-
-#: Statuses worth another try: the server is busy or a proxy failed, not the request.
-TRANSIENT_STATUSES: Final = frozenset({408, 429, 502, 503, 504})
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for failures that may succeed if the same request is sent again."""
-    if isinstance(exc, APIStatusError):
-        return exc.status_code in TRANSIENT_STATUSES
-    return isinstance(exc, APIConnectionError)
+__all__ = ["Backoff", "parse_retry_after"]
 
 
 def parse_retry_after(value: str | None, *, cap: float, now: float | None = None) -> float | None:
@@ -45,11 +30,12 @@ def parse_retry_after(value: str | None, *, cap: float, now: float | None = None
     except ValueError:
         try:
             when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+            if when.tzinfo is None:  # "-0000" parses naive; HTTP dates are always UTC
+                when = when.replace(tzinfo=UTC)
+            seconds = when.timestamp() - (time.time() if now is None else now)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            # OverflowError: a year no datetime holds (a hostile or broken server).
             return None
-        if when.tzinfo is None:  # "-0000" parses naive; HTTP dates are always UTC
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - (time.time() if now is None else now)
     if seconds != seconds:  # NaN
         return None
     return min(max(seconds, 0.0), cap)

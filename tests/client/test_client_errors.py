@@ -322,7 +322,7 @@ async def test_retries_bounded_by_max_retries(max_retries: int) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 413, 422, 500])
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 413, 422, 501])
 async def test_permanent_statuses_never_retried(status: int) -> None:
     recorder = Recorder(error(status), ok_list("a"))
     async with make_client(recorder, max_retries=5) as client:

@@ -157,13 +157,6 @@ def test_malformed_base_url(url: str) -> None:
         AsyncSGPClient(api_key=KEY, account_id=ACCOUNT, base_url=url)
 
 
-def test_tls_verification_on_by_default() -> None:
-    client = AsyncSGPClient(api_key=KEY, account_id=ACCOUNT)
-    pool = client._http._transport._pool  # type: ignore[attr-defined]
-    assert pool._ssl_context.verify_mode.name == "CERT_REQUIRED"
-    assert pool._ssl_context.check_hostname
-
-
 def test_transport_and_http_client_are_exclusive() -> None:
     import httpx
 

@@ -88,10 +88,11 @@ async def test_refused_key_from_the_environment_never_shows(
     assert reason == "unauthorized"
     assert error is not None
     texts.append(everything_said(error))
-    loggers = {record.name.split(".")[0] for record in debug_logs.records}
-    # The logs were captured (loopback requests go through the client's own HTTP/1.1 pool,
-    # not httpx; its DEBUG lines are under sgp_client.wire).
-    assert "sgp_client" in loggers, loggers
+    # The production requests' own lines were captured (httpx's request line, the client's
+    # transport's connection line), not only the test server's admin calls.
+    loggers = {r.name for r in debug_logs.records if "/v5/spans" in r.getMessage()}
+    assert "httpx" in loggers, loggers
+    assert any(r.name == "sgp_client.transport" for r in debug_logs.records)
     assert any(r.levelno == logging.ERROR for r in debug_logs.records)  # the loud report
     texts.append(debug_logs.text)
     texts += [str(record.__dict__) for record in debug_logs.records]
@@ -147,11 +148,11 @@ def test_key_absent_from_repr_and_str_of_every_object() -> None:
 
 
 def test_tls_verification_is_on_by_default() -> None:
+    # The context production connections use: the client's own transport's (the behaviour,
+    # a self-signed certificate refused, is in tests/transport/test_hostile_tls.py).
     client = AsyncSGPClient(api_key="k", account_id="a")
-    transport = client._http._transport
-    assert isinstance(transport, httpx.AsyncHTTPTransport)
-    context = transport._pool._ssl_context
-    assert context is not None
+    assert client.transport is not None
+    context = client.transport.ssl_context
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname is True
     assert client.base_url.startswith("https://")
