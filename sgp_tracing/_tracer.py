@@ -27,11 +27,12 @@ from typing import Any, Final, ParamSpec, TypeVar, cast, overload
 import anyio
 
 from sgp_client import SPAN_STATUSES, new_span_id
+from sgp_client._constants import EPOCH
 
 from ._coerce import fix_str
 from ._processor import TracingProcessor
 from ._ratelimit import RateLimitedLog, logger
-from ._span import RAW_END, RAW_START, Span, new_span
+from ._span import Span, end_now, new_span, start_clock
 
 __all__ = ["SpanScope", "Tracer", "current_span", "traced"]
 
@@ -39,11 +40,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _MAX_ERROR_MESSAGE: Final = 4096
-_now = datetime.now
-_time_ns = time.time_ns
-_set_raw_start = RAW_START.__set__
-_get_raw_start = RAW_START.__get__
-_set_raw_end = RAW_END.__set__
 
 # The scope of the innermost span of the current context (None outside any span). A scope,
 # not a span, so ``@traced`` can also find the tracer that opened it.
@@ -82,7 +78,7 @@ class SpanScope:
                 parent_span = parent.span
                 span.trace_id = parent_span.trace_id
                 span.parent_id = parent_span.id
-        _set_raw_start(span, _time_ns())
+        start_clock(span, time.time_ns())
         self._token = _current.set(self)
         tracer = self.tracer
         try:
@@ -98,17 +94,7 @@ class SpanScope:
         tb: TracebackType | None,
     ) -> None:
         span = self.span
-        start = _get_raw_start(span)
-        if type(start) is int:
-            end = _time_ns()
-            _set_raw_end(span, end if end >= start else start)  # the clock may step back
-        else:  # the block replaced start_time (with a datetime, or worse)
-            end_time = _now(UTC)
-            try:
-                later = end_time >= start
-            except Exception:  # naive, or not a time at all: the processor sorts it out
-                later = True
-            span.end_time = end_time if later else start
+        end_now(span)
         if exc is not None:
             record_error(span, exc)
         elif span.status is None:
@@ -248,7 +234,7 @@ class Tracer:
             span_id,
             span_id if trace_id is None else trace_id,
             name,
-            _EPOCH,  # set on entry
+            EPOCH,  # set on entry
             None,
             input,
             metadata,
@@ -270,7 +256,7 @@ class Tracer:
         # trace_id is settled on entry; the placeholders keep the Span well-typed until then.
         return _scope(
             self,
-            new_span(new_span_id(), "", name, _EPOCH, None, input, metadata, type, group_id),
+            new_span(new_span_id(), "", name, EPOCH, None, input, metadata, type, group_id),
             False,
         )
 
@@ -304,7 +290,7 @@ class Tracer:
             id=sid,
             trace_id=sid if trace_id is None else trace_id,
             name=name,
-            start_time=_now(UTC) if start_time is None else start_time,
+            start_time=datetime.now(UTC) if start_time is None else start_time,
             parent_id=parent_id,
             input=input,
             metadata=metadata,
@@ -341,7 +327,7 @@ class Tracer:
                 span.status = status
             elif span.status not in SPAN_STATUSES:
                 span.status = "SUCCESS"
-            end = _now(UTC) if end_time is None else end_time
+            end = datetime.now(UTC) if end_time is None else end_time
             start = span.start_time
             if isinstance(start, datetime) and _comparable(start, end) and end < start:
                 end = start  # the other process's clock may be behind this one's
@@ -411,7 +397,6 @@ class Tracer:
         self._log.warning(f"processor:{where}", "a tracing processor's %s raised %r", where, exc)
 
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _new = object.__new__
 
 
