@@ -19,7 +19,7 @@ import os
 import weakref
 from collections.abc import Mapping
 from types import MappingProxyType, TracebackType
-from typing import NoReturn, Self
+from typing import Final, NoReturn, Self
 
 import anyio
 import attrs
@@ -114,6 +114,9 @@ class UpsertQueue:
 
     Redaction is the client's ``redact``, read whenever items are encoded.
     """
+
+    #: Tells ``sgp_tracing`` that this sink takes ``SpanRecord``s (``submit_record``).
+    takes_records: Final = True
 
     def __init__(
         self,

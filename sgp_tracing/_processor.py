@@ -36,7 +36,7 @@ from sgp_client._models import id_problem
 
 from ._coerce import PayloadFitter, fix_str, to_json_safe
 from ._ratelimit import RateLimitedLog, logger
-from ._span import Span, clock_readings
+from ._span import Span
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
@@ -195,18 +195,73 @@ class SGPTracingProcessor:
     def on_span_start(self, span: Span, /) -> None:
         """Submit the in-progress item of ``span`` (no end, no status)."""
         if self._send_starts:
-            self._event(span, completed=False)
+            self._event(span, False)
 
     def on_span_end(self, span: Span, /) -> None:
         """Submit the completed item of ``span``: everything its start had, plus the end."""
-        self._event(span, completed=True)
+        self._event(span, True)
 
-    def _event(self, span: Span, *, completed: bool) -> None:
-        """The one implementation of both events: build the item of ``span``, submit it."""
+    def _event(self, span: Span, completed: bool) -> None:
+        """The one implementation of both events: build the item of ``span``, submit it.
+
+        The usual event becomes a record in one call (``plain_record``: the shape check and
+        the payload snapshot, which also measures them); anything else, or a sink that
+        takes no records, gets a ``SpanItem``.
+        """
         item: SpanItem | None
         try:
-            record = self._plain_record(span, completed)
-            if record is not None:
+            record: SpanRecord | None = None
+            name = span.name
+            if (
+                type(name) is str
+                and len(name) <= _MAX_NAME_CHARS
+                # An error goes into the metadata: the slow path.
+                and not (completed and span.error is not None)
+            ):
+                start: Any
+                end: Any
+                if type(span) is Span:
+                    # A tracer's span keeps its clock readings (int ns) in these slots: they
+                    # go to the record as they are (the queue formats them). Read here, not
+                    # through a helper: this runs for every event.
+                    start, end = span._start_ns, span._end_ns
+                    if start is None:
+                        start = span._start_time
+                    if end is None:
+                        end = span._end_time
+                else:
+                    start, end = span.start_time, span.end_time
+                kind = span.type
+                if kind is None:
+                    kind = self._default_type
+                status = None
+                if not completed:
+                    end = None
+                elif end is not None:  # a missing end is "now": the slow path
+                    status = span.status
+                    if status is None:
+                        status = "SUCCESS"
+                if end is not None or not completed:
+                    record = plain_record(
+                        span.trace_id,
+                        span.id,
+                        span.parent_id,
+                        span.group_id,
+                        name,
+                        start,
+                        end,
+                        status,
+                        kind,
+                        span.input,
+                        span.output,
+                        span.metadata,
+                        self._max_bytes + _CONTENT_KEYS_BYTES,
+                    )
+            if record is None:
+                item = self._slow_item(span, completed=completed, force=False)
+                if item is None:
+                    return
+            else:
                 submit_record = self._submit_record
                 if submit_record is not None:
                     try:
@@ -229,10 +284,6 @@ class SGPTracingProcessor:
                     output=span.output,
                     metadata=span.metadata,
                 )
-            else:
-                item = self._slow_item(span, completed=completed, force=False)
-                if item is None:
-                    return
         except Exception as exc:  # e.g. a duck-typed span whose attribute raises
             event = "end" if completed else "start"
             self._drop("processor_error", "building the %s of a span failed: %r", event, exc)
@@ -241,43 +292,6 @@ class SGPTracingProcessor:
             self._submit(item)
         except Exception as exc:  # the sink's problem, never the caller's
             self._sink_failed(exc, span, completed=completed)
-
-    def _plain_record(self, span: Span, completed: bool) -> SpanRecord | None:
-        """The record of a span event in the usual shape, or None for the slow path."""
-        if type(span) is Span:
-            # A tracer's span holds its clock readings as int nanoseconds: passed on as is.
-            start, end = clock_readings(span)
-        else:
-            start, end = span.start_time, span.end_time
-        name = span.name
-        if type(name) is not str or len(name) > _MAX_NAME_CHARS:
-            return None
-        kind = span.type
-        if kind is None:
-            kind = self._default_type
-        if completed:
-            if end is None or span.error is not None:
-                return None  # a missing end is "now", an error goes into the metadata
-            status = span.status
-            if status is None:
-                status = "SUCCESS"
-        else:
-            end = status = None
-        return plain_record(
-            span.trace_id,
-            span.id,
-            span.parent_id,
-            span.group_id,
-            name,
-            start,
-            end,
-            status,
-            kind,
-            span.input,
-            span.output,
-            span.metadata,
-            self._max_bytes + _CONTENT_KEYS_BYTES,
-        )
 
     def on_spans_start(self, spans: Iterable[Span], /) -> None:
         """``on_span_start`` for each span."""

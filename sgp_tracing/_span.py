@@ -30,7 +30,6 @@ from ._coerce import to_json_safe
 
 __all__ = [
     "Span",
-    "clock_readings",
     "datetime_from_ns",
     "end_clock",
     "end_now",
@@ -183,15 +182,6 @@ def _parse_time(key: str, value: object) -> datetime:
         raise ValueError(f"Span.from_dict: {key!r} is not ISO 8601: {value!r}") from None
 
 
-def clock_readings(span: Span) -> tuple[datetime | int, datetime | int | None]:
-    """The span's start and end as stored: int nanoseconds where the tracer read the clock
-    (the queue formats those itself), else datetimes (None for a running span's end)."""
-    start_ns, end_ns = span._start_ns, span._end_ns
-    start: datetime | int = span.start_time if start_ns is None else start_ns
-    end: datetime | int | None = span._end_time if end_ns is None else end_ns
-    return start, end
-
-
 def start_clock(span: Span, ns: int) -> None:
     """Record the tracer's clock reading as the span's start."""
     span._start_ns = ns
@@ -210,7 +200,8 @@ def end_now(span: Span) -> None:
     """
     start_ns = span._start_ns
     if start_ns is not None:
-        end_clock(span, max(time.time_ns(), start_ns))
+        end_ns = time.time_ns()
+        span._end_time, span._end_ns = None, end_ns if end_ns >= start_ns else start_ns
         return
     start: Any = span._start_time
     end = datetime.now(UTC)

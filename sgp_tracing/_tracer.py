@@ -32,7 +32,7 @@ from sgp_client._constants import EPOCH
 from ._coerce import fix_str
 from ._processor import TracingProcessor
 from ._ratelimit import RateLimitedLog, logger
-from ._span import Span, end_now, new_span, start_clock
+from ._span import Span, end_now, new_span
 
 __all__ = ["SpanScope", "Tracer", "current_span", "traced"]
 
@@ -78,7 +78,7 @@ class SpanScope:
                 parent_span = parent.span
                 span.trace_id = parent_span.trace_id
                 span.parent_id = parent_span.id
-        start_clock(span, time.time_ns())
+        span._start_ns = time.time_ns()  # the clock reading, converted only if read
         self._token = _current.set(self)
         tracer = self.tracer
         try:
