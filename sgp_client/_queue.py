@@ -32,9 +32,8 @@ from ._queue_config import QueueConfig
 from ._queue_dispatch import Dispatcher
 from ._queue_drops import DroppedSpan, DropReason, DropReporter, OnDrop, SpanDroppedError
 from ._queue_pending import PendingMap
-from ._record import SpanRecord, record_of
+from ._record import SpanRecord, estimate_size, record_of
 from ._retry import Backoff
-from ._serialization import estimate_size
 
 __all__ = [
     "DropReason",
@@ -259,7 +258,9 @@ class UpsertQueue:
         """
         if not self._running:
             self._raise_not_running()
-        self._pending.enqueue(record, estimate_size(record), self._client.redact, None)
+        # plain_record and record_of fill in the size estimate; a record built by hand may not.
+        size = record.size or estimate_size(record)
+        self._pending.enqueue(record, size, self._client.redact, None)
         self._dispatcher.on_submit()
 
     async def put(self, item: SpanItem) -> None:
@@ -267,7 +268,7 @@ class UpsertQueue:
         if not self._running:
             self._raise_not_running()
         record = record_of(item)
-        size = estimate_size(record)
+        size = record.size
         while self._running and self._pending.is_full(size):
             if self._room.is_set():
                 self._room = anyio.Event()

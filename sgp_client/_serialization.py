@@ -19,7 +19,14 @@ from cattrs.preconf.orjson import make_converter
 
 from ._constants import DUMPS_OPTIONS
 from ._models import SpanItem
-from ._record import Content, SpanRecord, encoding_error, kept, record_of
+from ._record import (
+    Content,
+    SpanRecord,
+    encoding_error,
+    kept,
+    record_head,
+    record_of,
+)
 from ._redact import Redactor, may_hold_credentials, redact_credentials
 
 logger = logging.getLogger("sgp_client")
@@ -31,7 +38,6 @@ __all__ = [
     "encode_item",
     "encode_items_body",
     "encode_record",
-    "estimate_size",
     "structure",
     "unstructure",
 ]
@@ -94,55 +100,10 @@ def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
-# format_ns caches the text of the last millisecond it formatted (items of a burst share it),
-# as one tuple replaced whole, so concurrent threads can only miss the cache, never see half
-# of it; the microseconds within come from a table of the 1000 endings.
-_millisecond_text: tuple[int, str] = (-1, "")
-_MICROSECOND_ENDINGS: Final = tuple(f"{n:03d}+00:00" for n in range(1000))
-
-
-def format_ns(ns: int) -> str:
-    """ISO 8601 of ``ns`` nanoseconds since the epoch in UTC, to the microsecond (floored)."""
-    global _millisecond_text
-    millisecond, microseconds = divmod(ns // 1000, 1000)
-    cached, text = _millisecond_text
-    if millisecond != cached:
-        seconds, milliseconds = divmod(millisecond, 1000)
-        second = datetime.fromtimestamp(seconds, UTC).isoformat()[:-6]  # without "+00:00"
-        text = f"{second}.{milliseconds:03d}"
-        _millisecond_text = (millisecond, text)
-    return text + _MICROSECOND_ENDINGS[microseconds]
-
-
-def _timestamp(value: datetime | int) -> datetime | str:
-    return format_ns(value) if isinstance(value, int) else value
-
-
-def _head(record: SpanRecord) -> dict[str, Any]:
-    """The record's JSON object without its content: every other API field, None as null
-    (the API reads an explicit null as "not given")."""
-    end = record.end
-    return {
-        "name": record.name,
-        "trace_id": record.trace_id,
-        "id": record.id,
-        "parent_id": record.parent_id,
-        "group_id": record.group_id,
-        "start_timestamp": _timestamp(record.start),
-        "end_timestamp": None if end is None else _timestamp(end),
-        "status": record.status,
-        "type": record.type,
-        "application_interaction_id": record.application_interaction_id,
-        "application_variant_id": record.application_variant_id,
-        "obs_trace_id": record.obs_trace_id,
-        "obs_span_id": record.obs_span_id,
-    }
-
-
 def encode_record(record: SpanRecord, redact: Redactor | None = None) -> bytes:
     """The JSON of one record, as sent (``InvalidSpanError`` names a field that does not
     encode; ``redact`` masks the name and the content fields, never the ids)."""
-    return encode_head(_head(record), record.content, redact)
+    return encode_head(record_head(record), record.content, redact)
 
 
 def encode_head(head: dict[str, Any], content: Content | None, redact: Redactor | None) -> bytes:
@@ -194,38 +155,3 @@ def _redacted(redact: Redactor, encoded: bytes) -> bytes:
     except Exception:
         logger.exception("the redact hook failed; the field is sent masked")
         return REDACTOR_FAILED
-
-
-def _measure_head_overhead() -> int:
-    # The encoded size of a record with one-character ids, no name, no content and no rarely
-    # used field, but every other field at its longest (keys, nulls, timestamps, status, type).
-    moment = datetime(2026, 1, 1, 0, 0, 0, 1, tzinfo=UTC)
-    sample = SpanRecord(
-        "t", "i", "p", None, "", moment, moment, "CANCELED", "OUTPUT_GUARDRAIL", None
-    )
-    return len(encode_record(sample)) - 3 - 2  # minus the three ids and the empty name
-
-
-_HEAD_OVERHEAD: Final = _measure_head_overhead()
-
-
-def estimate_size(record: SpanRecord) -> int:
-    """An upper bound of ``len(encode_record(record))``, without encoding it.
-
-    The ids, the name (four bytes a character: UTF-8 or escapes) and the snapshotted content
-    on top of the fixed part; the rarely used fields (group, application and obs ids) are
-    measured when set.
-    """
-    # One unpacking instead of nine attribute reads: this runs for every submitted record
-    # (measured: 0.26 against 0.11 us a call).
-    trace_id, span_id, parent, group, name, _, _, _, _, content, app, variant, obs, obs_span = (
-        record
-    )
-    size = _HEAD_OVERHEAD + 4 * len(name) + len(span_id) + len(trace_id)
-    if parent is not None:
-        size += len(parent)
-    if content is not None:
-        size += len(content)
-    if not (group is None and app is None and variant is None and obs is None and obs_span is None):
-        size += 4 * len(orjson.dumps(_head(record), option=DUMPS_OPTIONS)) - _HEAD_OVERHEAD
-    return size

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 import sgp_tracing
 from sgp_client import SpanItem, plain_record, record_of
-from sgp_client._serialization import encode_record, format_ns
+from sgp_client._record import format_ns
+from sgp_client._serialization import encode_record
 from sgp_tracing import (
     SGPTracingProcessor,
     Span,
@@ -674,13 +675,3 @@ def test_fast_span_constructor_equals_the_attrs_one() -> None:
     )
     assert fast == slow
     assert repr(fast) == repr(slow)
-
-
-def test_fast_scope_constructor_sets_what_init_sets() -> None:
-    from sgp_tracing._tracer import SpanScope, _scope
-
-    tracer, _, _ = make_tracer()
-    span = Span(id="s", trace_id="t", name="n", start_time=datetime.now(UTC))
-    fast, slow = _scope(tracer, span, True), SpanScope(tracer, span, True)
-    for slot in SpanScope.__slots__:
-        assert getattr(fast, slot) is getattr(slow, slot), slot
