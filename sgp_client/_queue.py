@@ -31,7 +31,7 @@ from ._models import SpanItem
 from ._queue_config import QueueConfig
 from ._queue_dispatch import Dispatcher
 from ._queue_drops import DroppedSpan, DropReason, DropReporter, OnDrop, SpanDroppedError
-from ._queue_pending import PendingMap
+from ._queue_pending import PendingMap, Waiter
 from ._record import SpanRecord, estimate_size, record_of
 from ._retry import Backoff
 
@@ -262,6 +262,46 @@ class UpsertQueue:
         size = record.size or estimate_size(record)
         self._pending.enqueue(record, size, self._client.redact, None)
         self._dispatcher.on_submit()
+
+    async def upsert(self, item: SpanItem) -> None:
+        """Submit ``item`` and wait until that write is delivered.
+
+        Delivered also means merged into a write that was delivered (its own end, a newer
+        version), or absorbed as the late start of a span whose completed write was already
+        delivered. The dispatcher is woken at once; every write awaited meanwhile by other
+        tasks rides in the same request (group commit), so a busy worker still sends few
+        requests.
+
+        Raises ``SpanDroppedError`` (``reason``: the ``DropReason``; the underlying error as
+        ``__cause__``) when the write is dropped instead: queue full, rejected by the server,
+        retries exhausted, shutdown... ``InvalidSpanError`` and ``QueueNotRunningError`` as
+        ``submit``. If the awaiting task is cancelled, the write stays queued: it is still
+        delivered or counted as dropped, like any submitted item.
+
+        Safe to await from any task of the process that owns the queue; a write awaited here
+        is on the server when this returns, so the span may then leave the process (a
+        Temporal activity result, ``span.to_dict()``) without a later write of this process
+        overtaking another process's.
+        """
+        if not self._running:
+            self._raise_not_running()
+        await self.upsert_record(record_of(item))
+
+    async def upsert_record(self, record: SpanRecord) -> None:
+        """``upsert`` for a ``SpanRecord`` (see ``submit_record``)."""
+        if not self._running:
+            self._raise_not_running()
+        delivered = anyio.Event()
+        waiter = Waiter(delivered.set)
+        pending, dispatcher = self._pending, self._dispatcher
+        pending.enqueue(record, record.size or estimate_size(record), self._client.redact, waiter)
+        # Due now: this write and everything submitted before it (a flush barrier).
+        dispatcher.flush_target = max(dispatcher.flush_target, pending.submitted)
+        dispatcher.wake()
+        # A cancellation ends the wait, not the write: the waiter stays with its entry.
+        await delivered.wait()
+        if waiter.reason is not None:
+            raise SpanDroppedError(waiter.reason, record.trace_id, record.id) from waiter.error
 
     async def put(self, item: SpanItem) -> None:
         """Like ``submit``, but wait for room instead of shedding when memory is full."""

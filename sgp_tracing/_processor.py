@@ -27,6 +27,7 @@ from sgp_client import (
     SPAN_TYPES,
     InvalidSpanError,
     QueueNotRunningError,
+    SpanDroppedError,
     SpanItem,
     SpanRecord,
     SpanType,
@@ -42,6 +43,9 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "ERROR_METADATA_KEY",
     "ORIGINAL_TYPE_METADATA_KEY",
+    "AwaitableRecordSink",
+    "AwaitableSink",
+    "DeliveringProcessor",
     "ProcessorStats",
     "RecordSink",
     "SGPTracingProcessor",
@@ -89,6 +93,23 @@ class RecordSink(SpanSink, Protocol):
 
 
 @runtime_checkable
+class AwaitableSink(Protocol):
+    """A sink whose writes can be awaited until delivered (``UpsertQueue.upsert``); what
+    ``SGPTracingProcessor.deliver_start`` / ``deliver_end`` need."""
+
+    async def upsert(self, item: SpanItem, /) -> None:
+        """Take one item; return once it is delivered, raise ``SpanDroppedError`` if not."""
+
+
+@runtime_checkable
+class AwaitableRecordSink(Protocol):
+    """A sink whose record writes can be awaited (``UpsertQueue.upsert_record``)."""
+
+    async def upsert_record(self, record: SpanRecord, /) -> None:
+        """``upsert`` for a record."""
+
+
+@runtime_checkable
 class TracingProcessor(Protocol):
     """Receives span events from a ``Tracer``; synchronous, cheap, and keeps no span state."""
 
@@ -106,6 +127,18 @@ class TracingProcessor(Protocol):
 
     def shutdown(self) -> None:
         """No more events will come."""
+
+
+@runtime_checkable
+class DeliveringProcessor(Protocol):
+    """A processor whose events can be awaited until delivered (``SGPTracingProcessor``);
+    ``Tracer.start_span_delivered`` / ``end_span_delivered`` use it."""
+
+    async def deliver_start(self, span: Span, /) -> None:
+        """``on_span_start``, returning once the start is delivered."""
+
+    async def deliver_end(self, span: Span, /) -> None:
+        """``on_span_end``, returning once the end is delivered."""
 
 
 @attrs.frozen(kw_only=True)
@@ -153,6 +186,7 @@ class SGPTracingProcessor:
         "_log",
         "_max_bytes",
         "_send_starts",
+        "_sink",
         "_submit",
         "_submit_record",
     )
@@ -171,6 +205,7 @@ class SGPTracingProcessor:
             raise ValueError(f"max_payload_bytes must be at least 256, got {max_payload_bytes}")
         if default_type is not None and default_type not in SPAN_TYPES:
             raise ValueError(f"default_type {default_type!r} is not a known span type")
+        self._sink = sink
         self._submit = sink.submit
         # A sink that takes records gets them: no SpanItem built, the payloads encoded once
         # (the encode that checks their size is the record's snapshot).
@@ -202,13 +237,25 @@ class SGPTracingProcessor:
         self._event(span, True)
 
     def _event(self, span: Span, completed: bool) -> None:
-        """The one implementation of both events: build the item of ``span``, submit it.
+        """The one implementation of both events: build the item of ``span``, submit it."""
+        built = self._build(span, completed, self._submit_record is not None)
+        if built is None:
+            return
+        try:
+            if type(built) is SpanRecord:
+                self._submit_record(built)  # type: ignore[misc]  # not None: asked for records
+            else:
+                self._submit(built)  # type: ignore[arg-type]
+        except Exception as exc:  # the sink's problem, never the caller's
+            self._sink_failed(exc, span, completed=completed)
+
+    def _build(self, span: Span, completed: bool, records: bool) -> SpanRecord | SpanItem | None:
+        """The record (``records``) or item of a span event; None when dropped (counted).
 
         The usual event becomes a record in one call (``plain_record``: the shape check and
         the payload snapshot, which also measures them); anything else, or a sink that
         takes no records, gets a ``SpanItem``.
         """
-        item: SpanItem | None
         try:
             record: SpanRecord | None = None
             name = span.name
@@ -258,40 +305,79 @@ class SGPTracingProcessor:
                         self._max_bytes + _CONTENT_KEYS_BYTES,
                     )
             if record is None:
-                item = self._slow_item(span, completed=completed, force=False)
-                if item is None:
-                    return
-            else:
-                submit_record = self._submit_record
-                if submit_record is not None:
-                    try:
-                        submit_record(record)
-                    except Exception as exc:  # the sink's problem, never the caller's
-                        self._sink_failed(exc, span, completed=completed)
-                    return
-                # A sink without records: the same fields as a SpanItem, datetimes included.
-                item = SpanItem(
-                    name=record.name,
-                    trace_id=record.trace_id,
-                    start_timestamp=span.start_time,
-                    id=record.id,
-                    parent_id=record.parent_id,
-                    group_id=record.group_id,
-                    end_timestamp=span.end_time if completed else None,
-                    status=record.status,  # type: ignore[arg-type]
-                    type=record.type,  # type: ignore[arg-type]
-                    input=span.input,
-                    output=span.output,
-                    metadata=span.metadata,
-                )
+                return self._slow_item(span, completed=completed, force=False)
+            if records:
+                return record
+            # A sink without records: the same fields as a SpanItem, datetimes included.
+            return SpanItem(
+                name=record.name,
+                trace_id=record.trace_id,
+                start_timestamp=span.start_time,
+                id=record.id,
+                parent_id=record.parent_id,
+                group_id=record.group_id,
+                end_timestamp=span.end_time if completed else None,
+                status=record.status,  # type: ignore[arg-type]
+                type=record.type,  # type: ignore[arg-type]
+                input=span.input,
+                output=span.output,
+                metadata=span.metadata,
+            )
         except Exception as exc:  # e.g. a duck-typed span whose attribute raises
             event = "end" if completed else "start"
             self._drop("processor_error", "building the %s of a span failed: %r", event, exc)
+            return None
+
+    # -- awaited delivery ---------------------------------------------------------------
+
+    async def deliver_start(self, span: Span, /) -> None:
+        """``on_span_start``, but return only once the start is delivered.
+
+        Awaits the sink's ``upsert`` (``UpsertQueue.upsert``: the dispatcher sends at once,
+        sharing the request with every write awaited meanwhile). Raises
+        ``SpanDroppedError`` when the write was dropped, so a caller such as a Temporal
+        activity fails and is retried elsewhere; ``QueueNotRunningError`` when the sink is
+        not running. An event the processor itself cannot turn into an item is counted in
+        ``stats`` (as by ``on_span_start``) and not raised. With ``send_starts=False`` it
+        returns at once. Once it returns, ``span`` (or its ``to_dict()``) may be handed to
+        another process: no write of this process can overtake that process's end.
+        """
+        if self._send_starts:
+            await self._deliver(span, False)
+
+    async def deliver_end(self, span: Span, /) -> None:
+        """``on_span_end``, but return only once the end is delivered (see
+        ``deliver_start``)."""
+        await self._deliver(span, True)
+
+    async def _deliver(self, span: Span, completed: bool) -> None:
+        sink: object = self._sink
+        if not isinstance(sink, AwaitableSink):
+            raise TypeError(f"{type(sink).__name__} has no awaitable upsert(item)")
+        records = isinstance(sink, AwaitableRecordSink) and self._submit_record is not None
+        built = self._build(span, completed, records)
+        if built is None:
             return
         try:
-            self._submit(item)
-        except Exception as exc:  # the sink's problem, never the caller's
-            self._sink_failed(exc, span, completed=completed)
+            if type(built) is SpanRecord:
+                assert isinstance(sink, AwaitableRecordSink)  # records were asked for
+                await sink.upsert_record(built)
+            else:
+                await sink.upsert(built)  # type: ignore[arg-type]
+        except InvalidSpanError:
+            # The sink refused what the fast path let through: convert everything, once.
+            item = self._slow_item(span, completed=completed, force=True)
+            if item is None:
+                return
+            try:
+                await sink.upsert(item)
+            except InvalidSpanError as again:
+                self._drop("rejected", "span dropped: the sink refused it: %s", again)
+                raise SpanDroppedError("rejected", item.trace_id, item.id) from again
+            _count(self._coerced, "resubmitted")
+        except QueueNotRunningError as exc:
+            self._drop("sink_not_running", "span dropped: the sink is not running (%s)", exc)
+            raise
 
     def on_spans_start(self, spans: Iterable[Span], /) -> None:
         """``on_span_start`` for each span."""

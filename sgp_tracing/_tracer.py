@@ -30,7 +30,7 @@ from sgp_client import SPAN_STATUSES, new_span_id
 from sgp_client._constants import EPOCH
 
 from ._coerce import fix_str
-from ._processor import TracingProcessor
+from ._processor import DeliveringProcessor, TracingProcessor
 from ._ratelimit import RateLimitedLog, logger
 from ._span import Span, end_now, new_span
 
@@ -277,8 +277,54 @@ class Tracer:
 
         Without ``trace_id`` the span joins the current span's trace (as its child unless
         ``parent_id`` says otherwise), or starts a new trace. The span does not become the
-        current span. Send ``span.to_dict()`` to the process that will end it.
+        current span. Send ``span.to_dict()`` to the process that will end it only once its
+        start is delivered: use ``start_span_delivered`` for that (with a fire-and-forget
+        start, this process's start may land after the other process's end).
         """
+        span = self._new_span(
+            name, trace_id, parent_id, input, metadata, type, group_id, span_id, start_time
+        )
+        self._emit_start(span)
+        return span
+
+    async def start_span_delivered(
+        self,
+        name: str,
+        *,
+        trace_id: str | None = None,
+        parent_id: str | None = None,
+        input: Any = None,
+        metadata: Any = None,
+        type: str | None = None,
+        group_id: str | None = None,
+        span_id: str | None = None,
+        start_time: datetime | None = None,
+    ) -> Span:
+        """``start_span`` that returns once the start is delivered (the Temporal shape).
+
+        Each processor with ``deliver_start`` (``SGPTracingProcessor``) is awaited; the others
+        get ``on_span_start``. Raises ``SpanDroppedError`` when the start was dropped (a
+        Temporal activity then fails and is retried). The returned span, or its
+        ``to_dict()``, is then safe to hand to another process, which may end it at once.
+        """
+        span = self._new_span(
+            name, trace_id, parent_id, input, metadata, type, group_id, span_id, start_time
+        )
+        await self._deliver(span, completed=False)
+        return span
+
+    def _new_span(
+        self,
+        name: str,
+        trace_id: str | None,
+        parent_id: str | None,
+        input: Any,
+        metadata: Any,
+        kind: str | None,
+        group_id: str | None,
+        span_id: str | None,
+        start_time: datetime | None,
+    ) -> Span:
         if trace_id is None:
             scope = _current.get()
             if scope is not None:
@@ -286,7 +332,7 @@ class Tracer:
                 if parent_id is None:
                     parent_id = scope.span.id
         sid = new_span_id() if span_id is None else span_id
-        span = Span(
+        return Span(
             id=sid,
             trace_id=sid if trace_id is None else trace_id,
             name=name,
@@ -294,11 +340,9 @@ class Tracer:
             parent_id=parent_id,
             input=input,
             metadata=metadata,
-            type=type,
+            type=kind,
             group_id=group_id,
         )
-        self._emit_start(span)
-        return span
 
     def end_span(
         self,
@@ -315,6 +359,33 @@ class Tracer:
         ``{"type", "message"}`` dict) marks it failed, a cancellation as ``CANCELED``;
         ``status`` overrides both. Returns the span.
         """
+        self._finish(span, output, error, status, end_time)
+        self._emit_end(span)
+        return span
+
+    async def end_span_delivered(
+        self,
+        span: Span,
+        *,
+        output: Any = None,
+        error: BaseException | dict[str, Any] | None = None,
+        status: str | None = None,
+        end_time: datetime | None = None,
+    ) -> Span:
+        """``end_span`` that returns once the end is delivered; raises ``SpanDroppedError``
+        when it was dropped (see ``start_span_delivered``)."""
+        self._finish(span, output, error, status, end_time)
+        await self._deliver(span, completed=True)
+        return span
+
+    def _finish(
+        self,
+        span: Span,
+        output: Any,
+        error: BaseException | dict[str, Any] | None,
+        status: str | None,
+        end_time: datetime | None,
+    ) -> None:
         try:
             if output is not None:
                 span.output = output
@@ -334,8 +405,24 @@ class Tracer:
             span.end_time = end
         except Exception as exc:  # a hostile span object; still report it
             self._processor_failed("end_span", exc)
-        self._emit_end(span)
-        return span
+
+    async def _deliver(self, span: Span, *, completed: bool) -> None:
+        """Hand ``span`` to every processor, awaiting those that deliver (in order)."""
+        for processor in self._processors:
+            if isinstance(processor, DeliveringProcessor):
+                # Awaited, and its SpanDroppedError is the caller's to see: that is the point.
+                if completed:
+                    await processor.deliver_end(span)
+                else:
+                    await processor.deliver_start(span)
+                continue
+            try:
+                if completed:
+                    processor.on_span_end(span)
+                else:
+                    processor.on_span_start(span)
+            except Exception as exc:  # a processor must never break the caller
+                self._processor_failed("on_span_end" if completed else "on_span_start", exc)
 
     def shutdown(self) -> None:
         """Call ``shutdown()`` on every processor, each isolated from the others."""

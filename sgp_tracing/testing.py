@@ -77,6 +77,14 @@ class RecordingSink:
             self.violations.append(f"invalid record {record.id!r}: {exc}")
         self._record(encoded)
 
+    async def upsert(self, item: SpanItem, /) -> None:
+        """``UpsertQueue.upsert``: ``submit``, delivered at once."""
+        self.submit(item)
+
+    async def upsert_record(self, record: SpanRecord, /) -> None:
+        """``UpsertQueue.upsert_record``: ``submit_record``, delivered at once."""
+        self.submit_record(record)
+
     def _record(self, encoded: bytes) -> None:
         # Nulls dropped: the encoder may send "not given" as null or leave the key out, and
         # both mean the same to the API; records compare the same either way.
