@@ -179,6 +179,8 @@ class SGPTracingProcessor:
     """
 
     __slots__ = (
+        "_awaitable",
+        "_awaitable_records",
         "_coerced",
         "_default_type",
         "_dropped",
@@ -214,6 +216,9 @@ class SGPTracingProcessor:
         self._submit_record = (
             sink.submit_record if isinstance(sink, RecordSink) and sink.takes_records else None
         )
+        # What deliver_start / deliver_end await, if the sink offers it.
+        self._awaitable = sink if isinstance(sink, AwaitableSink) else None
+        self._awaitable_records = sink if isinstance(sink, AwaitableRecordSink) else None
         self._default_type = default_type
         self._send_starts = send_starts
         self._fitter = PayloadFitter(max_payload_bytes)
@@ -361,13 +366,14 @@ class SGPTracingProcessor:
         await self._deliver(span, True)
 
     async def _deliver(self, span: Span, completed: bool) -> None:
-        sink: object = self._sink
-        if not isinstance(sink, AwaitableSink):
-            raise TypeError(f"{type(sink).__name__} has no awaitable upsert(item)")
+        sink = self._awaitable
+        if sink is None:
+            raise TypeError(f"{type(self._sink).__name__} has no awaitable upsert(item)")
         if not self._open:
             self._drop("shutdown", "span %r dropped: the processor is shut down", span.id)
             return
-        records = isinstance(sink, AwaitableRecordSink) and self._submit_record is not None
+        record_sink = self._awaitable_records
+        records = record_sink is not None and self._submit_record is not None
         # The same build as on_span_start / on_span_end, handed to a list instead of the sink.
         built: list[SpanRecord | SpanItem] = []
         self._event(span, completed, built.append if records else None, built.append)
@@ -376,8 +382,8 @@ class SGPTracingProcessor:
         try:
             [write] = built
             if isinstance(write, SpanRecord):
-                assert isinstance(sink, AwaitableRecordSink)  # records were asked for
-                await sink.upsert_record(write)
+                assert record_sink is not None  # records were asked for
+                await record_sink.upsert_record(write)
             else:
                 await sink.upsert(write)
         except InvalidSpanError:
