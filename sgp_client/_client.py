@@ -28,6 +28,7 @@ import httpx
 from ._body import ACCEPT_ENCODING, read_body
 from ._classify import Action, classify
 from ._config import ClientConfig, ResponseLimits, resolve_config
+from ._constants import BATCH_PATH
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -53,7 +54,7 @@ logger = logging.getLogger("sgp_client")
 MAX_BATCH_ITEMS: Final = 1000
 #: Per-request timeouts, as the official SDK: 60 s overall, 5 s to connect.
 DEFAULT_TIMEOUT: Final = httpx.Timeout(60.0, connect=5.0)
-_BATCH_PATH: Final = "/v5/spans/batch"
+_BATCH_PATH: Final = BATCH_PATH
 #: The longest request id kept from an answer (it is the server's text, shown in errors).
 _MAX_REQUEST_ID: Final = 200
 
