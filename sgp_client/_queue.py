@@ -25,13 +25,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import MappingProxyType, TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Literal, Self
 
 import anyio
 import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._client import MAX_BATCH_ITEMS, AsyncSGPClient
+from ._concurrency import Concurrency, concurrency_from
 from ._exceptions import (
     APIStatusError,
     APITimeoutError,
@@ -228,7 +229,9 @@ class UpsertQueue:
       max_batch_size: items per request (API maximum 1000).
       max_batch_bytes: encoded bytes per request body.
       flush_interval: longest time an item waits for its batch to fill, in seconds.
-      max_in_flight: requests sent concurrently.
+      max_in_flight: requests sent concurrently: ``"adaptive"`` (the default: an
+        `AdaptiveConcurrency` limit, 1 to 64, that grows while latency stays flat and
+        backs off on rising latency, 429/503 and timeouts), a fixed int, or a limiter.
       max_pending, max_pending_bytes: the memory bound; past it starts are shed first.
       retry_deadline: how long a batch's transient failures are retried, from its first try.
       request_timeout: seconds for one request.
@@ -247,7 +250,7 @@ class UpsertQueue:
         max_batch_size: int = 500,
         max_batch_bytes: int = 4 * 1024 * 1024,
         flush_interval: float = 0.2,
-        max_in_flight: int = 8,
+        max_in_flight: int | Literal["adaptive"] | Concurrency = "adaptive",
         max_pending: int = 100_000,
         max_pending_bytes: int = 128 * 1024 * 1024,
         retry_deadline: float = 120.0,
@@ -261,7 +264,6 @@ class UpsertQueue:
             raise ValueError(f"max_batch_size must be between 1 and {MAX_BATCH_ITEMS}")
         for name, value in (
             ("max_batch_bytes", max_batch_bytes),
-            ("max_in_flight", max_in_flight),
             ("max_pending", max_pending),
             ("max_pending_bytes", max_pending_bytes),
         ):
@@ -283,6 +285,8 @@ class UpsertQueue:
         self.max_batch_bytes = max_batch_bytes
         self.flush_interval = flush_interval
         self.max_in_flight = max_in_flight
+        # Read before each batch is started, told about each request (see ``_concurrency``).
+        self.concurrency: Concurrency = concurrency_from(max_in_flight)
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
         self.retry_deadline = retry_deadline
@@ -746,7 +750,7 @@ class UpsertQueue:
 
     async def _dispatch(self) -> None:
         while True:
-            if len(self._batches) >= self.max_in_flight:
+            if len(self._batches) >= self.concurrency.limit:
                 if len(self._intake) >= self.max_batch_size:
                     # Folding a full intake in while every slot is busy (an outage) keeps
                     # merging starts with their ends: memory holds one write per span.
@@ -887,9 +891,11 @@ class UpsertQueue:
         attempt = 0
         while True:
             self._requests += 1
+            in_flight, sent = len(self._batches), time.monotonic()
             try:
                 await self._send(body)
             except SGPError as exc:
+                self.concurrency.record(time.monotonic() - sent, exc, in_flight)
                 status = exc.status_code if isinstance(exc, APIStatusError) else None
                 if is_transient(exc) or (status is not None and status >= 500):
                     delay = self.backoff.delay(attempt, getattr(exc, "retry_after", None))
@@ -916,6 +922,7 @@ class UpsertQueue:
                 # 400, 409, 413, 422...: isolate the offenders, deliver the rest.
                 await self._deliver_halves(batch, deadline)
                 return
+            self.concurrency.record(time.monotonic() - sent, None, in_flight)
             self._settle(batch, None, None)
             return
 
