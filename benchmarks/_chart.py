@@ -25,7 +25,8 @@ def _label(row: Row) -> str:
     if row.system != OURS:
         return f"{row.system} (defaults, {row.spans:,} spans)"
     setting = row.extra.get("max_in_flight", "adaptive")
-    return f"{OURS} {row.backend}, max_in_flight={setting}"
+    fixed = " (fixed, the old default)" if isinstance(setting, int) else ""
+    return f"{OURS} {row.backend}, max_in_flight={setting}{fixed}"
 
 
 def chart_wan(rows: Sequence[Row], path: Path) -> str:
