@@ -140,6 +140,7 @@ class Sizes:
     # at 300 ms that is ~170 spans/s, so 100,000 spans would take ten minutes).
     wan_latencies: tuple[float, ...] = (0.0, 0.05, 0.15, 0.3)
     wan_spans: int = 100_000
+    wan_runs: int = 3  # our rows are the median of this many runs, as in `burst`
     wan_peer_spans: int = 2_000
     wan_peer_timeout: float = 120.0
 

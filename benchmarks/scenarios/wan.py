@@ -19,19 +19,23 @@ Our rows say what bounded them (`_note_the_bound`): the share of the run spent p
 (100%: delivered as fast as the client made the spans, its CPU ceiling) and how much of a
 core the client got.
 
-One run per row (100,000 spans take seconds, the peers' rows are time-capped); the client
-CPU column is ``time.process_time`` of the client process per delivered span.
+Each of our rows is the median of `Sizes.wan_runs` runs (3; every run's figure in the notes:
+on this shared machine one run swings by half), the peers' rows one time-capped run each;
+the client CPU column is ``time.process_time`` of the client process per delivered span.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+from functools import partial
+from typing import Any
 
 from benchmarks._common import OTEL, OURS, SCALE_GP, Bench, Row
 
 from ._ours import run_burst
 from ._peers import peer_burst, skipped
+from .burst import median_run
 
 __all__ = ["AGENTEX", "run", "scenario_name"]
 
@@ -62,20 +66,8 @@ def _at_latency(bench: Bench, latency: float) -> list[Row]:
     runs.append((bench.backends[0], {"max_in_flight": 8}, ["max_in_flight=8 (old default)"]))
     rows = []
     for backend, settings, notes in runs:
-        bench.reset_server()  # an empty store for every row, as in `burst`
-        bench.server.set_faults(latency=latency)
-        try:
-            row = run_burst(
-                bench,
-                backend,
-                sizes.wan_spans,
-                scenario=scenario,
-                queue_settings=settings,
-                extra=extra,
-                notes=notes,
-            )
-        finally:
-            bench.server.clear_faults()
+        measure = partial(_ours, bench, backend, latency, scenario, settings, extra, notes)
+        row = median_run(sizes.wan_runs, measure)
         row.extra.setdefault("max_in_flight", "adaptive")
         _note_the_bound(row)
         rows.append(row)
@@ -84,6 +76,31 @@ def _at_latency(bench: Bench, latency: float) -> list[Row]:
     for row in rows:
         row.extra.update(extra)
     return rows
+
+
+def _ours(
+    bench: Bench,
+    backend: str,
+    latency: float,
+    scenario: str,
+    settings: dict[str, int],
+    extra: dict[str, Any],
+    notes: list[str],
+) -> Row:
+    bench.reset_server()  # an empty store for every run, as in `burst`
+    bench.server.set_faults(latency=latency)
+    try:
+        return run_burst(
+            bench,
+            backend,
+            bench.sizes.wan_spans,
+            scenario=scenario,
+            queue_settings=settings,
+            extra=extra,
+            notes=list(notes),
+        )
+    finally:
+        bench.server.clear_faults()
 
 
 def _note_the_bound(row: Row) -> None:

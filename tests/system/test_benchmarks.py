@@ -66,7 +66,7 @@ def test_tiny_burst_delivers_every_span_on_both_backends() -> None:
 
 
 def test_tiny_wan_scenario_rows_and_chart(tmp_path: Path) -> None:
-    sizes = dataclasses.replace(QUICK, wan_spans=500, wan_latencies=(0.0, 0.05))
+    sizes = dataclasses.replace(QUICK, wan_spans=500, wan_runs=1, wan_latencies=(0.0, 0.05))
 
     rows = collect(["wan"], sizes, with_peers=False, quiet=True)
 
