@@ -4,9 +4,10 @@
 
 Starts the local SGP server and the OTLP sink on loopback (each its own process), runs the
 scenarios (`benchmarks.scenarios`), prints one table with ratios to the peers measured in
-this run, and the machine line. ``--json`` writes the rows as a JSON list, and the scaling
-chart as a PNG next to it. Progress goes to stderr. The exit status is 1 when one of our rows
-did not deliver every span (or a scenario failed), so CI can run ``--quick`` as a check.
+this run, and the machine line. ``--json`` writes the rows as a JSON list, and the `wan`
+chart (spans/s against server latency) as a PNG next to it. Progress goes to stderr. The
+exit status is 1 when one of our rows did not deliver every span (or a scenario failed), so
+CI can run ``--quick`` as a check.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks._chart import chart_scaling
+from benchmarks._chart import chart_wan
 from benchmarks._common import (
     BACKENDS,
     FULL,
@@ -84,13 +85,20 @@ delivered: counted where spans land (completed rows at the SGP server, distinct 
 hot µs/span: hot-path rows, the median producer cost of one span with the exporter running;
   other rows, the producer loop's time per span, its per-span yield included (the sending
   work that runs during that yield is counted too, so it is an upper bound).
-ratio: x times better than the peer in the same scenario (spans/s, or µs for hot-path)."""
+ratio: x times better than the peer in the same scenario (spans/s, or µs for hot-path).
+cpu µs/span: time.process_time of the client process (every thread) per delivered span, from
+  the first span to the end of the flush (peers: to the end of their shutdown); cpu vs: the
+  peer's divided by ours.
+wan-<ms>ms: the server answers every request that late; peers run fewer spans, time-capped
+  (see the row's notes)."""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument(
-        "--quick", action="store_true", help="smaller sizes (burst stays 20,000): under 2 min"
+        "--quick",
+        action="store_true",
+        help="smaller sizes (burst stays 20,000, wan 100,000): about 6 min on 2 cores",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the rows here")
     parser.add_argument(
@@ -124,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps([row.to_dict() for row in rows], indent=2) + "\n")
         print(f"JSON written to {args.json}")
-        png = args.json.with_name(args.json.stem + "-scaling.png")
+        png = args.json.with_name(args.json.stem + "-wan.png")
         try:
-            print(chart_scaling(rows, png))
+            print(chart_wan(rows, png))
         except Exception as exc:  # a broken chart must not fail a finished run
             print(f"chart failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 

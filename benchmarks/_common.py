@@ -83,6 +83,9 @@ class Row:
     spans_per_s: float | None
     hot_us_per_span: float | None = None
     seconds: float | None = None
+    # CPU of the client process (`time.process_time`, every thread) per delivered span:
+    # what the SDK costs the application, whatever the wall clock did meanwhile.
+    cpu_us_per_span: float | None = None
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -101,6 +104,7 @@ class Row:
             "spans_per_s": self.spans_per_s,
             "hot_us_per_span": self.hot_us_per_span,
             "seconds": self.seconds,
+            "cpu_us_per_span": self.cpu_us_per_span,
             "notes": list(self.notes),
         }
         # The schema's own keys come first and win: a scenario cannot redefine them.
@@ -131,6 +135,14 @@ class Sizes:
     fleet_workers: int = 4
     fleet_runs: int = 300
     peer_timeout: float = 300.0
+    # wan: the server's latency per request (0 = loopback as is), our burst, and the peers'
+    # smaller burst with a time cap (scale-gp-beta sends 50 items a request, one at a time:
+    # at 300 ms that is ~170 spans/s, so 100,000 spans would take ten minutes).
+    wan_latencies: tuple[float, ...] = (0.0, 0.05, 0.15, 0.3)
+    wan_spans: int = 100_000
+    wan_runs: int = 3  # our rows are the median of this many runs, as in `burst`
+    wan_peer_spans: int = 2_000
+    wan_peer_timeout: float = 120.0
 
 
 FULL: Final = Sizes()
@@ -147,6 +159,8 @@ QUICK: Final = Sizes(
     scaling_in_flight=(1, 8),
     fleet_runs=40,
     peer_timeout=60.0,
+    wan_peer_spans=1_000,
+    wan_peer_timeout=60.0,
 )
 
 

@@ -2,7 +2,8 @@
 
 A ratio is always "how many times better ours is", so above 1 favours ours in every column:
 throughput rows divide our spans/s by the peer's in the same scenario; hot-path rows divide
-the peer's µs per span by ours. The machine is shared and noisy, so only ratios within one
+the peer's µs per span by ours; the CPU ratios divide the peer's client CPU per delivered
+span by ours. The machine is shared and noisy, so only ratios within one
 run mean much.
 """
 
@@ -12,10 +13,12 @@ from collections.abc import Sequence
 
 from benchmarks._common import OTEL, OURS, SCALE_GP, Row
 
-__all__ = ["RATIO_KEYS", "add_ratios", "format_table"]
+__all__ = ["CPU_RATIO_KEYS", "RATIO_KEYS", "add_ratios", "format_table"]
 
 #: JSON key of each peer's ratio.
 RATIO_KEYS = {SCALE_GP: "ratio_vs_scale_gp_beta", OTEL: "ratio_vs_opentelemetry"}
+#: JSON key of each peer's client-CPU-per-span ratio.
+CPU_RATIO_KEYS = {SCALE_GP: "cpu_ratio_vs_scale_gp_beta", OTEL: "cpu_ratio_vs_opentelemetry"}
 
 _COLUMNS = (
     "scenario",
@@ -27,10 +30,14 @@ _COLUMNS = (
     "hot µs/span",
     "ratio vs scale-gp-beta",
     "ratio vs opentelemetry",
+    "cpu µs/span",
+    "cpu vs scale-gp-beta",
+    "cpu vs opentelemetry",
     "notes",
 )
 _RIGHT = {"spans", "delivered", "spans/s", "hot µs/span", "ratio vs scale-gp-beta",
-          "ratio vs opentelemetry"}  # fmt: skip
+          "ratio vs opentelemetry", "cpu µs/span", "cpu vs scale-gp-beta",
+          "cpu vs opentelemetry"}  # fmt: skip
 
 
 def _ratio(ours: Row, peer: Row) -> float | None:
@@ -56,6 +63,10 @@ def add_ratios(rows: Sequence[Row]) -> None:
         for system, key in RATIO_KEYS.items():
             peer = peers.get((row.scenario, system))
             row.extra[key] = _ratio(row, peer) if peer is not None else None
+            cpu = None
+            if peer is not None and row.cpu_us_per_span and peer.cpu_us_per_span:
+                cpu = peer.cpu_us_per_span / row.cpu_us_per_span
+            row.extra[CPU_RATIO_KEYS[system]] = cpu
 
 
 def _number(value: float | None, digits: int = 0) -> str:
@@ -69,6 +80,7 @@ def _cells(row: Row) -> list[str]:
     if row.delivered is not None and row.spans:
         delivered += f" ({row.delivered / row.spans:.0%})"
     ratios = [row.extra.get(key) for key in RATIO_KEYS.values()]
+    cpu_ratios = [row.extra.get(key) for key in CPU_RATIO_KEYS.values()]
     return [
         row.scenario,
         row.system,
@@ -78,6 +90,8 @@ def _cells(row: Row) -> list[str]:
         _number(row.spans_per_s),
         _number(row.hot_us_per_span, 2),
         *(f"{r:.2f}x" if isinstance(r, float) else "-" for r in ratios),
+        _number(row.cpu_us_per_span, 1),
+        *(f"{r:.2f}x" if isinstance(r, float) else "-" for r in cpu_ratios),
         "; ".join(row.notes),
     ]
 

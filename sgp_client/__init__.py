@@ -9,6 +9,7 @@ async with AsyncSGPClient() as client:  # SGP_API_KEY, SGP_ACCOUNT_ID, SGP_CLIEN
 """
 
 from ._client import DEFAULT_TIMEOUT, MAX_BATCH_ITEMS, AsyncSGPClient, SpansResource
+from ._concurrency import AdaptiveConcurrency, Concurrency, FixedConcurrency
 from ._config import ENVIRONMENTS, Environment, ResponseLimits
 from ._exceptions import (
     APIConnectionError,
@@ -65,16 +66,19 @@ __all__ = [
     "APIError",
     "APIStatusError",
     "APITimeoutError",
+    "AdaptiveConcurrency",
     "AsyncSGPClient",
     "AuthenticationError",
     "Backoff",
     "BadRequestError",
     "ClientClosedError",
+    "Concurrency",
     "ConfigurationError",
     "ConflictError",
     "DropReason",
     "DroppedSpan",
     "Environment",
+    "FixedConcurrency",
     "Identity",
     "InternalServerError",
     "InvalidSpanError",

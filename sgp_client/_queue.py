@@ -19,13 +19,14 @@ import os
 import weakref
 from collections.abc import Mapping
 from types import MappingProxyType, TracebackType
-from typing import Final, NoReturn, Self
+from typing import Final, Literal, NoReturn, Self
 
 import anyio
 import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._client import AsyncSGPClient
+from ._concurrency import Concurrency
 from ._exceptions import QueueNotRunningError
 from ._models import SpanItem
 from ._queue_config import QueueConfig
@@ -100,7 +101,10 @@ class UpsertQueue:
       max_batch_size: items per request (API maximum 1000).
       max_batch_bytes: encoded bytes per request body.
       flush_interval: longest time an item waits for its batch to fill, in seconds.
-      max_in_flight: requests sent concurrently.
+      max_in_flight: requests sent concurrently: ``"adaptive"`` (the default: an
+        ``AdaptiveConcurrency`` limit, 1 to 64 starting at 8, that grows while latency stays
+        flat and backs off on rising latency, 429/503 and timeouts), a fixed int, or a
+        limiter object.
       max_pending, max_pending_bytes: the memory bound; past it starts are shed first.
       retry_deadline: how long a batch's transient failures are retried, from its first try.
       request_timeout: seconds for one request.
@@ -124,7 +128,7 @@ class UpsertQueue:
         max_batch_size: int = 500,
         max_batch_bytes: int = 4 * 1024 * 1024,
         flush_interval: float = 0.2,
-        max_in_flight: int = 8,
+        max_in_flight: int | Literal["adaptive"] | Concurrency = "adaptive",
         max_pending: int = 100_000,
         max_pending_bytes: int = 128 * 1024 * 1024,
         retry_deadline: float = 120.0,
@@ -358,6 +362,11 @@ class UpsertQueue:
         self._room.set()
 
     # ------------------------------------------------------------------ stats
+
+    @property
+    def concurrency(self) -> Concurrency:
+        """The in-flight limiter (its ``limit`` is the number of requests allowed now)."""
+        return self._dispatcher.concurrency
 
     @property
     def stats(self) -> QueueStats:

@@ -6,11 +6,12 @@ The dispatcher reads them while it runs; frozen means a setting cannot change un
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
 from ._client import MAX_BATCH_ITEMS
+from ._concurrency import Concurrency, concurrency_from
 from ._retry import Backoff
 
 __all__ = ["QueueConfig"]
@@ -31,6 +32,12 @@ def _batch_size(instance: Any, attribute: attrs.Attribute[int], value: int) -> N
         raise ValueError(f"{attribute.name} must be between 1 and {MAX_BATCH_ITEMS}")
 
 
+def _in_flight(
+    instance: Any, attribute: attrs.Attribute[Any], value: int | str | Concurrency
+) -> None:
+    concurrency_from(value)  # raises the error a wrong value deserves (a type, >= 1...)
+
+
 def _not_negative(instance: Any, attribute: attrs.Attribute[int], value: int) -> None:
     if value < 0:
         raise ValueError(f"{attribute.name} must be >= 0")
@@ -43,7 +50,10 @@ class QueueConfig:
     max_batch_size: int = attrs.field(default=500, validator=_batch_size)
     max_batch_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_at_least_one)
     flush_interval: float = attrs.field(default=0.2, validator=_seconds)
-    max_in_flight: int = attrs.field(default=8, validator=_at_least_one)
+    #: ``"adaptive"`` (an ``AdaptiveConcurrency`` per queue), a fixed int, or a limiter.
+    max_in_flight: int | Literal["adaptive"] | Concurrency = attrs.field(
+        default="adaptive", validator=_in_flight
+    )
     max_pending: int = attrs.field(default=100_000, validator=_at_least_one)
     max_pending_bytes: int = attrs.field(default=128 * 1024 * 1024, validator=_at_least_one)
     retry_deadline: float = attrs.field(default=120.0, validator=_seconds)

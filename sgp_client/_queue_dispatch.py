@@ -18,6 +18,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._classify import Action, Verdict, classify
+from ._concurrency import Concurrency, concurrency_from
 from ._constants import BATCH_PATH
 from ._exceptions import APITimeoutError, SGPError
 from ._queue_config import QueueConfig
@@ -47,6 +48,8 @@ class Dispatcher:
         self._config = config
         self._pending = pending
         self._reporter = reporter
+        #: Read before each batch is started, told about each request (``_concurrency``).
+        self.concurrency: Concurrency = concurrency_from(config.max_in_flight)
         self.requests = 0
         self.retries = 0
         #: Items submitted up to this number are due now (a flush barrier, or the exit).
@@ -93,7 +96,7 @@ class Dispatcher:
     def _may_send_another(self) -> bool:
         """Whether one more request may go out now: the one place the in-flight limit is
         decided."""
-        return len(self._pending.batches) < self._config.max_in_flight
+        return len(self._pending.batches) < self.concurrency.limit
 
     async def run(self, senders: TaskGroup) -> None:
         """Dispatch until cancelled; senders run in ``senders``."""
@@ -208,9 +211,11 @@ class Dispatcher:
         attempt = 0
         while True:
             self.requests += 1
+            in_flight, sent = len(self._pending.batches), time.monotonic()
             try:
                 await self._send(body)
             except SGPError as exc:
+                self.concurrency.record(time.monotonic() - sent, exc, in_flight)
                 verdict = self._classify(exc)
                 if verdict.action is Action.RETRY:
                     delay = self._config.backoff.delay(attempt, getattr(exc, "retry_after", None))
@@ -230,6 +235,7 @@ class Dispatcher:
                 reason = verdict.reason if verdict.action is Action.DROP else DropReason.REJECTED
                 pending.settle(batch, reason or DropReason.ERROR, exc)
                 return
+            self.concurrency.record(time.monotonic() - sent, None, in_flight)
             pending.settle(batch, None, None)
             return
 

@@ -68,6 +68,9 @@ class PeerResult:
     producer_seconds: float
     producer_us_per_span: float
     timed_out: bool = False
+    # `time.process_time()` of the child from its first span to the end of its shutdown
+    # (None when it reported nothing).
+    cpu_seconds: float | None = None
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -90,6 +93,7 @@ class PeerResult:
             "producer_seconds": self.producer_seconds,
             "producer_us_per_span": self.producer_us_per_span,
             "timed_out": self.timed_out,
+            "cpu_seconds": self.cpu_seconds,
             "notes": list(self.notes),
         }
 
@@ -267,6 +271,7 @@ def burst_result(
         producer_seconds=producer_seconds,
         producer_us_per_span=producer_seconds / spans * 1e6 if spans else 0.0,
         timed_out=run.timed_out,
+        cpu_seconds=float(report["cpu_seconds"]) if "cpu_seconds" in report else None,
         notes=tuple(all_notes),
     )
 

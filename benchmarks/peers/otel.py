@@ -180,6 +180,7 @@ def _child_burst(endpoint: str, spans: int, yield_per_span: bool) -> None:
     provider, tally = _provider(endpoint)
     tracer = provider.get_tracer("benchmarks.peers.otel")
     t0 = time.time()
+    cpu = time.process_time()
     start = time.perf_counter()
     for i in range(spans):
         with tracer.start_as_current_span(f"span-{i}", attributes=SPAN_INPUT) as span:
@@ -188,12 +189,14 @@ def _child_burst(endpoint: str, spans: int, yield_per_span: bool) -> None:
             time.sleep(0)
     producer_seconds = time.perf_counter() - start
     provider.shutdown()  # joins the worker (30 s default), which exports what is queued
+    cpu = time.process_time() - cpu  # the producer and the export thread, to the end
     emit(
         {
             "system": SYSTEM,
             "t0": t0,
             "producer_seconds": producer_seconds,
             "flush_seconds": time.time() - t0 - producer_seconds,
+            "cpu_seconds": cpu,
             "submitted": spans,
             "dropped": spans - tally["handed"],
             "export_failed": tally["failed"],

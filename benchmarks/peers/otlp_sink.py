@@ -5,9 +5,12 @@ Run it as its own process (`python -m benchmarks.peers.otlp_sink --port 0`); it 
 
 - `POST /v1/traces`: a protobuf `ExportTraceServiceRequest` (plain, gzip or deflate);
   spans are counted and an empty `ExportTraceServiceResponse` is answered.
-  With faults on, every Nth request is answered 503 with `Retry-After` and not counted.
+  With faults on, every Nth request is answered 503 with `Retry-After` and not counted;
+  with a latency set, every trace request is answered that many seconds late (each request
+  has its own thread, so slow requests are still served concurrently).
 - `GET /count`: JSON counters. `POST /reset`: zero them.
-  `POST /faults` with `{"every": N, "retry_after": S}`: every Nth request fails (0 = never).
+  `POST /faults` with `{"every": N, "retry_after": S, "latency": S}`: every Nth request
+  fails (0 = never), every trace request waits `latency` seconds first.
 
 `OtlpSinkProcess` runs the sink in a subprocess and talks to it from the parent.
 """
@@ -22,6 +25,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -54,6 +58,7 @@ class _State:
         self.lock = threading.Lock()
         self.fault_every = 0
         self.retry_after = 1.0
+        self.latency = 0.0
         self.since_faults = 0  # trace requests since the fault setting last changed
         self.reset()
 
@@ -127,6 +132,7 @@ class _Handler(BaseHTTPRequestHandler):
             with self.state.lock:
                 self.state.fault_every = int(config.get("every", 0))
                 self.state.retry_after = float(config.get("retry_after", 1.0))
+                self.state.latency = float(config.get("latency", 0.0))
                 self.state.since_faults = 0
             self._json(200, {"every": self.state.fault_every})
         else:
@@ -136,6 +142,8 @@ class _Handler(BaseHTTPRequestHandler):
         from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
         state = self.state
+        if state.latency > 0:
+            time.sleep(state.latency)  # like the SGP server's latency fault
         with state.lock:
             state.requests += 1
             state.since_faults += 1
@@ -303,9 +311,12 @@ class OtlpSinkProcess:
         """Zero the counters (fault settings are kept)."""
         self._call("POST", "/reset", {})
 
-    def set_faults(self, every: int = 0, *, retry_after: float = 1.0) -> None:
-        """Answer every `every`-th trace request 503 with Retry-After (0 switches faults off)."""
-        self._call("POST", "/faults", {"every": every, "retry_after": retry_after})
+    def set_faults(self, every: int = 0, *, retry_after: float = 1.0, latency: float = 0.0) -> None:
+        """Answer every `every`-th trace request 503 with Retry-After (0 switches faults off),
+        and every trace request `latency` seconds late."""
+        self._call(
+            "POST", "/faults", {"every": every, "retry_after": retry_after, "latency": latency}
+        )
 
 
 if __name__ == "__main__":

@@ -189,6 +189,7 @@ def _child_burst(
 
     manager, counter = _init_tracing(base_url)
     t0 = time.time()
+    cpu = time.process_time()
     start = time.perf_counter()
     for i in range(spans):
         with create_span(f"span-{i}", trace_id=trace_id, input=SPAN_INPUT) as span:
@@ -200,6 +201,7 @@ def _child_burst(
     # but unbounded): stop the worker, which exports what is still queued.
     manager.shutdown(timeout=flush_timeout)
     flushed = time.time()
+    cpu = time.process_time() - cpu  # the producer and the worker thread, to the end
     worker_alive = manager._worker.is_alive()
     notes = ["shutdown timed out with spans still queued"] if worker_alive else []
     emit(
@@ -209,6 +211,7 @@ def _child_burst(
             "t0": t0,
             "producer_seconds": producer_seconds,
             "flush_seconds": flushed - t0 - producer_seconds,
+            "cpu_seconds": cpu,
             "submitted": spans,
             "dropped": counter.dropped,
             "notes": notes,

@@ -20,6 +20,7 @@ Scenario = Callable[[Bench], list[Row]]
 
 #: Scenario name -> module in this package.
 SCENARIOS: dict[str, str] = {
+    "wan": "wan",
     "burst": "burst",
     "hot-path": "hot_path",
     "trickle": "trickle",
@@ -28,6 +29,7 @@ SCENARIOS: dict[str, str] = {
     "pending-memory": "pending_memory",
     "scaling": "scaling",
     "fleet": "fleet",
+    # Track temporal adds "temporal-fleet": "temporal_fleet" here.
 }
 
 

@@ -45,16 +45,18 @@ def run_burst(
     bench.progress(f"{scenario} {OURS}/{backend} {spans:,} spans {label}".rstrip() + " ...")
     trace_id = new_trace_id()
 
-    async def main() -> tuple[float, float, QueueStats]:
+    async def main() -> tuple[float, float, float, QueueStats, int]:
         async with bench.client() as client, UpsertQueue(client, **settings) as queue:
+            cpu = time.process_time()
             begin = time.perf_counter()
             seconds_producing = await burst_producer(queue, trace_id, spans, producer)
             await queue.flush()
             seconds = time.perf_counter() - begin
+            cpu = time.process_time() - cpu
             stats = queue.stats
-        return seconds, seconds_producing, stats
+        return seconds, seconds_producing, cpu, stats, queue.concurrency.limit
 
-    seconds, seconds_producing, stats = anyio.run(main, backend=backend)
+    seconds, seconds_producing, cpu, stats, limit = anyio.run(main, backend=backend)
     delivered = bench.completed(trace_id)
     row = Row(
         scenario=scenario,
@@ -67,8 +69,18 @@ def run_burst(
         # sends run on the same thread, so this is an upper bound of the hot path.
         hot_us_per_span=seconds_producing / spans * 1e6,
         seconds=seconds,
+        cpu_us_per_span=cpu / delivered * 1e6 if delivered else None,
         notes=[*(notes or []), *queue_notes(stats)],
-        extra={"producer": producer, **settings, **(extra or {}), **queue_extra(stats)},
+        extra={
+            "producer": producer,
+            **settings,
+            **(extra or {}),
+            **queue_extra(stats),
+            "cpu_seconds": cpu,
+            # How busy the client kept one core: near 1, the client's CPU is the bound.
+            "cpu_busy": cpu / seconds if seconds > 0 else None,
+            "final_in_flight_limit": limit,
+        },
     )
     bench.progress(
         f"{scenario} {OURS}/{backend}: {delivered:,}/{spans:,} delivered, "

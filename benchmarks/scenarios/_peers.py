@@ -41,6 +41,7 @@ def peer_burst(
     yield_per_span: bool = True,
     faults: bool = False,
     notes: list[str] | None = None,
+    timeout: float | None = None,
 ) -> Row:
     """`spans` spans through peer `system` in a child process (faults: every 2nd request 503
     with ``Retry-After: 1``)."""
@@ -49,7 +50,7 @@ def peer_burst(
         return skipped(bench, scenario, system, spans, reason)
     mode = "time.sleep(0) per span" if yield_per_span else "no yield"
     bench.progress(f"{scenario} {system}/{PEER_BACKEND} {spans:,} spans ({mode}) ...")
-    timeout = bench.sizes.peer_timeout
+    timeout = bench.sizes.peer_timeout if timeout is None else timeout
     try:
         if system == SCALE_GP:
             trace_id = new_trace_id()
@@ -121,6 +122,9 @@ def _row(result: PeerResult, scenario: str, delivered: int, notes: list[str]) ->
         # The peer's producer loop per span (its sleep(0), when on, included).
         hot_us_per_span=result.producer_us_per_span,
         seconds=seconds,
+        cpu_us_per_span=(
+            result.cpu_seconds / delivered * 1e6 if result.cpu_seconds and delivered else None
+        ),
         notes=all_notes,
         extra={
             "submitted": result.submitted,
@@ -128,6 +132,7 @@ def _row(result: PeerResult, scenario: str, delivered: int, notes: list[str]) ->
             "peer_dropped": result.dropped,
             "producer_seconds": result.producer_seconds,
             "timed_out": result.timed_out,
+            "cpu_seconds": result.cpu_seconds,
         },
     )
 

@@ -1,8 +1,8 @@
 """scaling: throughput against batch size (100, 250, 500, 1000) and `max_in_flight`.
 
 No injected latency: on loopback the server's CPU and ours share the machine, so this shows
-where per-request overhead stops mattering, not the network. `slow-server` covers latency.
-`__main__` charts these rows to a PNG next to the JSON (`benchmarks._chart`).
+where per-request overhead stops mattering, not the network. `slow-server` and `wan` cover
+latency (`wan` is the one charted).
 """
 
 from __future__ import annotations

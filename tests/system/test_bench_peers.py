@@ -81,6 +81,20 @@ def test_sink_faults_are_retried_by_the_exporter(fresh_sink: OtlpSinkProcess) ->
     assert counts.unique_spans == 20
 
 
+def test_sink_latency_delays_every_trace_request(fresh_sink: OtlpSinkProcess) -> None:
+    import time
+
+    fresh_sink.set_faults(latency=0.2)
+    began = time.monotonic()
+    _export_spans(fresh_sink.traces_endpoint, 5)  # one export request
+    waited = time.monotonic() - began
+    fresh_sink.set_faults()
+
+    # A lower bound only (the fault's own wait), never a speed.
+    assert waited >= 0.2
+    assert fresh_sink.count() == 5
+
+
 def test_sink_reset_zeroes_counts(fresh_sink: OtlpSinkProcess) -> None:
     _export_spans(fresh_sink.traces_endpoint, 5)
     assert fresh_sink.count() == 5
@@ -101,6 +115,9 @@ def _check_burst(result: PeerResult, system: str, spans: int) -> None:
     assert result.seconds > 0
     assert result.spans_per_s > 0
     assert result.to_dict()["delivered"] == spans
+    # The child's own CPU, first span to the end of its shutdown.
+    assert result.cpu_seconds is not None
+    assert result.cpu_seconds > 0
 
 
 def test_otel_burst_is_delivered_to_the_sink(fresh_sink: OtlpSinkProcess) -> None:

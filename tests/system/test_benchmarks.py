@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from benchmarks.__main__ import collect
+from benchmarks._chart import chart_wan
 from benchmarks._common import OTEL, OURS, QUICK, SCALE_GP, Row
-from benchmarks._table import RATIO_KEYS, add_ratios, format_table
+from benchmarks._table import CPU_RATIO_KEYS, RATIO_KEYS, add_ratios, format_table
 from benchmarks.scenarios.burst import median_run
 
 pytest.importorskip("sgp_client.testing")
@@ -63,7 +65,46 @@ def test_tiny_burst_delivers_every_span_on_both_backends() -> None:
     assert "burst" in format_table(rows)
 
 
-def _row(system: str, scenario: str, *, rate: float | None, hot: float | None = None) -> Row:
+def test_tiny_wan_scenario_rows_and_chart(tmp_path: Path) -> None:
+    sizes = dataclasses.replace(QUICK, wan_spans=500, wan_runs=1, wan_latencies=(0.0, 0.05))
+
+    rows = collect(["wan"], sizes, with_peers=False, quiet=True)
+
+    ours = [row for row in rows if row.system == OURS]
+    # Per latency: adaptive on both backends, then the old fixed default on the first.
+    assert [(r.scenario, r.backend, r.extra["max_in_flight"]) for r in ours] == [
+        ("wan-0ms", "asyncio", "adaptive"),
+        ("wan-0ms", "trio", "adaptive"),
+        ("wan-0ms", "asyncio", 8),
+        ("wan-50ms", "asyncio", "adaptive"),
+        ("wan-50ms", "trio", "adaptive"),
+        ("wan-50ms", "asyncio", 8),
+    ]
+    for row in ours:
+        assert row.delivered == 500
+        assert row.extra["balanced"] is True
+        assert row.cpu_us_per_span is not None
+        assert row.cpu_us_per_span > 0
+    assert {row.extra["latency_s"] for row in ours} == {0.0, 0.05}
+    # Peers not requested and agentex (Python >= 3.12 only) appear as skipped rows.
+    others = [row for row in rows if row.system != OURS]
+    assert all(row.extra.get("skipped") for row in others)
+    assert {row.system for row in others} == {SCALE_GP, OTEL, "sgp_async via agentex"}
+    assert "cpu µs/span" in format_table(rows)
+    png = tmp_path / "wan.png"
+    message = chart_wan(rows, png)
+    if "not installed" not in message:
+        assert png.stat().st_size > 0
+
+
+def _row(
+    system: str,
+    scenario: str,
+    *,
+    rate: float | None,
+    hot: float | None = None,
+    cpu: float | None = None,
+) -> Row:
     return Row(
         scenario=scenario,
         system=system,
@@ -72,13 +113,14 @@ def _row(system: str, scenario: str, *, rate: float | None, hot: float | None = 
         delivered=10,
         spans_per_s=rate,
         hot_us_per_span=hot,
+        cpu_us_per_span=cpu,
     )
 
 
 def test_ratios_favour_ours_above_one() -> None:
     rows = [
-        _row(OURS, "burst", rate=300.0),
-        _row(SCALE_GP, "burst", rate=100.0),
+        _row(OURS, "burst", rate=300.0, cpu=15.0),
+        _row(SCALE_GP, "burst", rate=100.0, cpu=300.0),
         _row(OURS, "hot-path", rate=None, hot=10.0),
         _row(OTEL, "hot-path", rate=None, hot=20.0),
     ]
@@ -87,8 +129,12 @@ def test_ratios_favour_ours_above_one() -> None:
 
     assert rows[0].extra[RATIO_KEYS[SCALE_GP]] == pytest.approx(3.0)
     assert rows[0].extra[RATIO_KEYS[OTEL]] is None  # no such peer row in this run
+    assert rows[0].extra[CPU_RATIO_KEYS[SCALE_GP]] == pytest.approx(20.0)
     assert rows[2].extra[RATIO_KEYS[OTEL]] == pytest.approx(2.0)
-    assert "3.00x" in format_table(rows)
+    assert rows[2].extra[CPU_RATIO_KEYS[OTEL]] is None  # no CPU measured there
+    table = format_table(rows)
+    assert "3.00x" in table
+    assert "20.00x" in table
 
 
 def test_median_run_reports_the_median_but_never_hides_a_loss() -> None:
