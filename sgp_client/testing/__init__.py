@@ -20,7 +20,7 @@ from ._app import (
 from ._faults import Faults
 from ._process import ServerProcess, ServerProcessError
 from ._spans import MAX_BATCH_ITEMS
-from ._store import SpanStore
+from ._store import SpanStore, StoreKind
 from ._transport import asgi_transport
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "ServerProcess",
     "ServerProcessError",
     "SpanStore",
+    "StoreKind",
     "asgi_transport",
     "create_app",
     "get_control",

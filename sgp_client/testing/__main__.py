@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from ._app import ABORT_SCOPE_KEY, DEFAULT_ACCOUNT_ID, ConnectionDropped, create_app
+from ._store import STORE_KINDS
 
 __all__ = ["main"]
 
@@ -38,6 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=5003, help="port; 0 picks a free one")
     serve.add_argument("--prefix", default="/public", help="API path prefix (default /public)")
     serve.add_argument("--db", default=":memory:", help="SQLite file, or :memory: (default)")
+    serve.add_argument(
+        "--store",
+        choices=STORE_KINDS,
+        default="tracing",
+        help="upsert rule: SGP's tracing service (default) or its legacy store (id alone, "
+        "last write wins)",
+    )
     serve.add_argument(
         "--api-key",
         action="append",
@@ -70,7 +78,7 @@ def _serve(args: argparse.Namespace) -> None:
             cast(dict[str, Any], self.scope)[ABORT_SCOPE_KEY] = self.transport.abort
 
     api_keys = dict(args.api_key) if args.api_key else None
-    app = create_app(db=args.db, api_keys=api_keys, prefix=args.prefix)
+    app = create_app(db=args.db, store=args.store, api_keys=api_keys, prefix=args.prefix)
     prefix = app.state.sgp.prefix
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -103,7 +111,7 @@ def _serve(args: argparse.Namespace) -> None:
     try:
         server.run(sockets=[sock])
     finally:
-        app.state.sgp.store.close()
+        app.state.sgp.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -10,8 +10,9 @@ In-process code controls the app through `get_control(app)` (also ``app.state.sg
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import anyio
@@ -26,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._faults import Counters, Decision, FaultInjector, Faults
 from ._spans import ApiError, parse_json, prepare_items, timestamp_us
-from ._store import SORT_KEYS, SearchQuery, SpanStore, json_field
+from ._store import SORT_KEYS, SearchQuery, SpanStore, StoreKind, json_field
 
 __all__ = [
     "DEFAULT_ACCOUNT_ID",
@@ -69,7 +70,7 @@ class ServerControl:
         prefix: str,
         faults: Faults | None = None,
     ) -> None:
-        self.store = store
+        self._store = store
         self.prefix = prefix
         self._api_keys = dict(api_keys)
         self._injector = FaultInjector(faults)
@@ -86,6 +87,17 @@ class ServerControl:
             f"ServerControl(store={self.store!r}, prefix={self.prefix!r}, "
             f"api_keys=<{len(self._api_keys)} keys>, faults={self.faults!r})"
         )
+
+    @property
+    def store(self) -> SpanStore:
+        return self._store
+
+    @store.setter
+    def store(self, store: SpanStore) -> None:
+        """Replace the store; the old one is closed (its connection would leak otherwise)."""
+        old, self._store = self._store, store
+        if old is not store:
+            old.close()
 
     @property
     def injector(self) -> FaultInjector:
@@ -116,14 +128,20 @@ class ServerControl:
         self._injector.set(Faults())
 
     def stats(self) -> dict[str, Any]:
-        """Counters as served by ``GET /_admin/stats``."""
-        return self.counters.snapshot(items_stored=self.store.count())
+        """Counters as served by ``GET /_admin/stats`` (with ``store``: the store's kind)."""
+        return {**self.counters.snapshot(items_stored=self.store.count()), "store": self.store.kind}
 
     def reset(self) -> None:
         """Forget spans, counters and faults."""
         self.store.clear()
         self.counters = Counters()
         self.clear_faults()
+
+    def close(self) -> None:
+        """Close the store's database connection (the app cannot serve spans afterwards).
+
+        Called on the app's lifespan shutdown; in-process tests (no lifespan) call it."""
+        self.store.close()
 
     def account_for(self, api_key: str) -> str | None:
         return self._api_keys.get(api_key)
@@ -359,14 +377,18 @@ class _Api:
         control = self.control
         if type(items) is list:
             control.counters.items_received += len(items)
-        rows = prepare_items(
+        store = control.store
+        rows, history = prepare_items(
             items,
             dirty=dirty,
             account_id=account_id,
             created_by=control.created_by,
-            traces_of=control.store.traces_of,
+            traces_of=store.traces_of,
+            kind=store.kind,
         )
-        return control.store.write(rows, replace=replace)
+        stored, reopened = store.write(rows, replace=replace, history=history)
+        control.counters.reopened += reopened
+        return stored
 
     def _write(self, request: Request, items: Any, dirty: bool, *, replace: bool) -> list[bytes]:
         account_id: str = request.scope[_ACCOUNT_SCOPE_KEY]
@@ -569,11 +591,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def create_app(
     *,
     db: str = ":memory:",
+    store: StoreKind = "tracing",
     api_keys: Mapping[str, str] | None = None,
     prefix: str = "/public",
     faults: Faults | None = None,
 ) -> Starlette:
     """A new server app with its own store (`db`: SQLite file path or ``":memory:"``).
+
+    `store` picks the upsert rule of one of SGP's two stores: ``"tracing"`` (the tracing
+    service: keyed by trace, id and day, a completed span beats an in-progress one) or
+    ``"legacy"`` (keyed by id alone, the last write wins, so a late in-progress write reopens
+    a completed span). Both count such late writes as ``reopened`` in the stats.
 
     `api_keys` maps each accepted API key to the account id it may select (default
     ``{DEFAULT_API_KEY: DEFAULT_ACCOUNT_ID}``). `prefix` is where the API lives (``/public``
@@ -582,7 +610,7 @@ def create_app(
     """
     prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
     control = ServerControl(
-        store=SpanStore(db),
+        store=SpanStore(db, kind=store),
         api_keys=api_keys if api_keys is not None else {DEFAULT_API_KEY: DEFAULT_ACCOUNT_ID},
         prefix=prefix,
         faults=faults,
@@ -600,8 +628,17 @@ def create_app(
         Route("/_admin/spans", admin.spans, methods=["GET"]),
         Route("/_admin/count", admin.count, methods=["GET"]),
     ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            control.close()
+
     app = Starlette(
         routes=routes,
+        lifespan=lifespan,
         middleware=[Middleware(_Gate, control=control, api=api)],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
     )
