@@ -12,7 +12,7 @@ import random
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import anyio
 import attrs
@@ -257,8 +257,15 @@ def _print_progress(result: FleetResult, runs: int, *, final: bool) -> None:
     sys.stderr.flush()
 
 
-async def read_back(client: AsyncSGPClient, result: FleetResult) -> dict[str, int]:
-    """Count what the server stored for the demo's traces: found, completed, stuck running."""
+class HasSpanIds(Protocol):
+    """A fleet's result: the span ids it made, each with its trace id."""
+
+    @property
+    def span_ids(self) -> dict[str, str]: ...
+
+
+async def read_back(client: AsyncSGPClient, result: HasSpanIds) -> dict[str, int]:
+    """Count what the server stored for a fleet's traces: found, completed, stuck running."""
     trace_ids = sorted(set(result.span_ids.values()))
     found = completed = 0
     seen: set[str] = set()

@@ -6,11 +6,13 @@
   fast backoff so retry tests stay quick.
 - ``server_process`` (session) / ``server`` (per test, reset first): the same server over
   loopback HTTP in a child process.
+- ``temporal_server`` (session): Temporal's dev server in a child process (Temporal tests).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from starlette.applications import Starlette
@@ -25,6 +27,9 @@ from sgp_client.testing import (
     create_app,
     get_control,
 )
+
+if TYPE_CHECKING:
+    from demo.devserver import TemporalDevServer
 
 #: Base URL of the in-process app (loopback, so plain http is allowed; nothing listens there).
 IN_PROCESS_BASE_URL = "http://127.0.0.1/public"
@@ -84,3 +89,13 @@ def sink_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(RecordingSink, "PREPARED_DEFAULT", request.param == "prepared")
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def temporal_server() -> Iterator[TemporalDevServer]:
+    """Temporal's dev server (``temporal server start-dev``, in memory) on free loopback
+    ports for the whole session, stopped by its PID at the end."""
+    from demo.devserver import TemporalDevServer
+
+    with TemporalDevServer() as dev:
+        yield dev
