@@ -89,17 +89,28 @@ class TemporalDevServer:
             command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                break
-            try:
-                with socket.create_connection((_HOST, self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
+        while time.monotonic() < deadline and self._proc.poll() is None:
+            if self._healthy(deadline):
+                return
+            time.sleep(0.2)
         log = self._read_log()
         self.stop()
         raise TemporalDevServerError(f"Temporal dev server did not start: {log[-2000:]}")
+
+    def _healthy(self, deadline: float) -> bool:
+        # The port opens before the frontend serves ("Frontend is not healthy yet"): ask it.
+        try:
+            with socket.create_connection((_HOST, self.port), timeout=0.5):
+                pass
+            check = subprocess.run(  # noqa: S603 (our own command line)
+                [_temporal_cli(), "operator", "cluster", "health", "--address", self.address],
+                capture_output=True,
+                timeout=max(deadline - time.monotonic(), 1.0),
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return check.returncode == 0 and b"SERVING" in check.stdout
 
     def _read_log(self) -> str:
         if self._log is None:

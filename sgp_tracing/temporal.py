@@ -194,7 +194,8 @@ class _WorkerTracing:
         self._processor_options = dict(processor_options)
         self._send_starts = send_starts
         self._users = 0
-        self._stack: contextlib.AsyncExitStack | None = None
+        self._holder: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
         self.queue: UpsertQueue | None = None
         self.processor: SGPTracingProcessor | None = None
         self.dropped: dict[str, int] = {}
@@ -203,23 +204,39 @@ class _WorkerTracing:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Open the client and queue for the first worker of the process, close after the last."""
-        if self._users == 0:
-            async with contextlib.AsyncExitStack() as stack:
-                client = await stack.enter_async_context(self._make_client())
-                queue = await stack.enter_async_context(UpsertQueue(client, **self._queue_options))
-                self.queue = queue
-                # TODO(integration): pass send_starts=self._send_starts (track core's option).
-                self.processor = SGPTracingProcessor(queue, **self._processor_options)
-                self._stack = stack.pop_all()
+        if self._holder is None:
+            opened = asyncio.Event()
+            self._stop = asyncio.Event()
+            # Their own task: a queue is closed in the task that opened it (its task group),
+            # and the first worker to start need not be the last to stop.
+            self._holder = asyncio.get_running_loop().create_task(self._hold(opened, self._stop))
+            waiter = asyncio.ensure_future(opened.wait())
+            await asyncio.wait([self._holder, waiter], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if self._holder.done():
+                holder, self._holder = self._holder, None
+                holder.result()  # the client or queue failed to open: raise that
         self._users += 1
         try:
             yield
         finally:
             self._users -= 1
-            if self._users == 0 and self._stack is not None:
-                stack, self._stack = self._stack, None
-                # Exiting the queue drains it (bounded by its shutdown_timeout, shielded).
-                await stack.aclose()
+            if self._users == 0 and self._holder is not None:
+                holder, self._holder = self._holder, None
+                self._stop.set()
+                # The queue drains as it exits (bounded by its shutdown_timeout, shielded).
+                await asyncio.shield(holder)
+
+    async def _hold(self, opened: asyncio.Event, stop: asyncio.Event) -> None:
+        async with (
+            self._make_client() as client,
+            UpsertQueue(client, **self._queue_options) as queue,
+        ):
+            self.queue = queue
+            # TODO(integration): pass send_starts=self._send_starts (track core's option).
+            self.processor = SGPTracingProcessor(queue, **self._processor_options)
+            opened.set()
+            await stop.wait()
 
     def _span(self, payload: Any) -> Span | None:
         try:
@@ -334,7 +351,7 @@ class SGPTracingPlugin(SimplePlugin):
 
     def _shut_down(self, worker: Worker, sig: signal.Signals) -> None:
         logger.info("sgp_tracing.temporal: %s: shutting the worker down", sig.name)
-        task = asyncio.ensure_future(worker.shutdown())
+        task = asyncio.get_running_loop().create_task(worker.shutdown())
         self._shutdowns.add(task)  # a strong reference until it is done
         task.add_done_callback(self._shutdowns.discard)
 
