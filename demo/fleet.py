@@ -80,6 +80,9 @@ class _Worker:
         async with self._send_lock:
             await self._wire.send({"op": "stop"})
 
+    async def aclose(self) -> None:
+        await self._wire.aclose()
+
 
 class _Fleet:
     def __init__(self, workers: list[_Worker], rng: random.Random, result: FleetResult) -> None:
@@ -213,6 +216,8 @@ async def run_fleet(
         for handle in handles:
             await handle.finished.wait()
         group.cancel_scope.cancel()
+    for handle in handles:
+        await handle.aclose()
     result.seconds = time.perf_counter() - started
     result.worker_reports = [handle.final for handle in handles if handle.final is not None]
     for process in processes:
