@@ -28,6 +28,7 @@ SCENARIOS: dict[str, str] = {
     "pending-memory": "pending_memory",
     "scaling": "scaling",
     "fleet": "fleet",
+    "temporal-fleet": "temporal_fleet",
 }
 
 
