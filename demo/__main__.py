@@ -7,8 +7,8 @@ task queue with eager activity execution off, so every span start and end activi
 any worker. Then it reads back what SGP stored. With ``--remote`` it sends to real SGP
 (``SGP_API_KEY``, ``SGP_ACCOUNT_ID``, ``SGP_CLIENT_BASE_URL`` from the environment) instead of
 the local server. ``--stateful`` runs the same fleet with the old per-process-dict processor
-to show what that design loses. Every process it starts is stopped by its PID, on Ctrl-C and
-errors too.
+to show what that design loses. Every process it starts is stopped by its PID, on Ctrl-C,
+SIGTERM and errors too.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -106,6 +107,10 @@ def _run(
     )
 
     async def go() -> tuple[TemporalFleetResult, dict[str, int]]:
+        # SIGTERM like Ctrl-C: cancel, so every process started is stopped on the way out.
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
         result = await run_temporal_fleet(
             temporal_address=temporal.address,
             workers=args.workers,
@@ -126,7 +131,7 @@ def _run(
 
     try:
         result, stored = asyncio.run(go())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print("\ninterrupted: every process the demo started was stopped", file=sys.stderr)
         return 130
     reopened = None if server is None else int(server.stats().get("reopened", 0))
