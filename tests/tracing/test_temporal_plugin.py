@@ -22,6 +22,7 @@ from temporalio import workflow
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import RetryPolicy
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from demo.devserver import TemporalDevServer
 from sgp_client import AsyncSGPClient, UpsertQueue
@@ -32,7 +33,13 @@ from sgp_client.testing import (
     create_app,
     get_control,
 )
-from sgp_tracing.temporal import START_SPAN_ACTIVITY, SGPTracingPlugin, end_span, start_span
+from sgp_tracing.temporal import (
+    END_SPAN_ACTIVITY,
+    START_SPAN_ACTIVITY,
+    SGPTracingPlugin,
+    end_span,
+    start_span,
+)
 from tests.conftest import FAST_BACKOFF, IN_PROCESS_BASE_URL
 
 pytestmark = pytest.mark.anyio
@@ -211,3 +218,22 @@ async def test_sigterm_shuts_the_worker_down_and_drains_the_queue(
     await asyncio.wait_for(run, 30)
     assert not _running(plugin.queue)
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handler removed again
+
+
+async def test_the_plugin_configures_the_worker_for_draining_and_the_sandbox(
+    temporal_server: TemporalDevServer, legacy_app: Starlette
+) -> None:
+    temporal = await Client.connect(temporal_server.address)
+    plugin = SGPTracingPlugin(client=_client_of(legacy_app), shutdown_signals=())
+    # No workflows: the sandbox would validate this test module's (it does not import here).
+    worker = Worker(temporal, task_queue="unused", plugins=[plugin])
+    config = worker.config(active_config=True)
+    # Long enough for a running span activity to finish on shutdown rather than be cancelled.
+    assert config.get("graceful_shutdown_timeout") == timedelta(seconds=10)
+    runner = config.get("workflow_runner")
+    assert isinstance(runner, SandboxedWorkflowRunner)
+    assert {"sgp_tracing", "sgp_client"} <= set(runner.restrictions.passthrough_modules)
+    activity_names = {
+        getattr(fn, "__temporal_activity_definition").name for fn in config.get("activities", [])
+    }
+    assert activity_names == {START_SPAN_ACTIVITY, END_SPAN_ACTIVITY}
