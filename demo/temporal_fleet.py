@@ -82,6 +82,7 @@ async def run_temporal_fleet(
     runs: int,
     env: Mapping[str, str],
     stateful: bool = False,
+    agentex: bool = False,
     send_starts: bool = True,
     concurrency: int = 50,
     activity_timeout: float = 180.0,
@@ -91,7 +92,8 @@ async def run_temporal_fleet(
 ) -> TemporalFleetResult:
     """Run ``runs`` workflows on ``workers`` worker processes and collect their reports.
 
-    ``env`` holds the workers' SGP settings. With ``kill_after``, worker 0 is SIGKILLed once
+    ``env`` holds the workers' SGP settings. ``stateful`` / ``agentex`` choose the workers'
+    span activities (see ``demo.temporal_worker``). With ``kill_after``, worker 0 is SIGKILLed once
     that many workflows completed; its activities are retried on the others once their
     ``activity_timeout`` expires. ``retry_deadline`` sets the workers' queue retry deadline
     (keep it below ``activity_timeout``: see ``sgp_tracing.temporal``).
@@ -104,7 +106,8 @@ async def run_temporal_fleet(
             # One at a time: each is in ``procs`` (so stopped in ``finally``) once it exists.
             proc = await _start_worker(
                 index, temporal_address, task_queue, env,
-                stateful=stateful, send_starts=send_starts, retry_deadline=retry_deadline,
+                stateful=stateful, agentex=agentex, send_starts=send_starts,
+                retry_deadline=retry_deadline,
             )  # fmt: skip
             procs.append(proc)
         for index, proc in enumerate(procs):
@@ -129,6 +132,7 @@ async def _start_worker(
     env: Mapping[str, str],
     *,
     stateful: bool,
+    agentex: bool,
     send_starts: bool,
     retry_deadline: float | None,
 ) -> asyncio.subprocess.Process:
@@ -138,6 +142,8 @@ async def _start_worker(
     ]  # fmt: skip
     if stateful:
         command.append("--stateful")
+    if agentex:
+        command.append("--agentex")
     if not send_starts:
         command.append("--no-starts")
     if retry_deadline is not None:

@@ -10,13 +10,16 @@ built, ``{"report": {...}}`` when it stopped.
 By default the activities are ``sgp_tracing.temporal``'s (``SGPTracingPlugin``: one client and
 queue for the process, each activity completed once its write is delivered, SIGTERM drains).
 ``--stateful`` registers activities of the same names over the old per-process-dict processor
-(``demo.stateful``), fire-and-forget like most tracing processors in the field.
+(``demo.stateful``), fire-and-forget like most tracing processors in the field. ``--agentex``
+registers them over agentex-sdk's own SGP processor (``SGPAsyncTracingProcessor``, which awaits
+an ``upsert_batch`` per event; Python >= 3.12 with agentex-sdk installed), for the benchmarks.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import signal
 import sys
@@ -80,6 +83,54 @@ class _StatefulActivities:
         self._processor.on_span_end(Span.from_dict(payload))
 
 
+class _AgentexActivities:
+    """The span activities over agentex-sdk's own SGP processor (imported only when used)."""
+
+    def __init__(self) -> None:
+        # What agentex requires of an agent's environment; litellm (imported by agentex) would
+        # fetch a price list from the internet unless told to use its bundled copy.
+        for name, value in (
+            ("AGENT_NAME", "sgp-demo"),
+            ("ACP_URL", "http://127.0.0.1:1"),
+            ("LITELLM_LOCAL_MODEL_COST_MAP", "True"),
+        ):
+            os.environ.setdefault(name, value)
+        # By name: agentex-sdk is optional (Python >= 3.12) and not type-checked here.
+        processors = importlib.import_module(
+            "agentex.lib.core.tracing.processors.sgp_tracing_processor"
+        )
+        config = importlib.import_module("agentex.lib.types.tracing").SGPTracingProcessorConfig
+        self._span = importlib.import_module("agentex.types.span").Span
+        self.processor: Any = processors.SGPAsyncTracingProcessor(
+            config(
+                sgp_api_key=os.environ["SGP_API_KEY"],
+                sgp_account_id=os.environ["SGP_ACCOUNT_ID"],
+                sgp_base_url=os.environ.get("SGP_CLIENT_BASE_URL"),
+            )
+        )
+
+    def _agentex_span(self, payload: dict[str, Any]) -> Any:
+        span = Span.from_dict(payload)
+        data = dict(span.metadata) if isinstance(span.metadata, dict) else {}
+        if span.type:
+            data["__span_type__"] = span.type
+        if span.error:
+            data["__error__"] = span.error
+        return self._span(
+            id=span.id, name=span.name, trace_id=span.trace_id, parent_id=span.parent_id,
+            start_time=span.start_time, end_time=span.end_time, input=span.input,
+            output=span.output, data=data,
+        )  # fmt: skip
+
+    @activity.defn(name=START_SPAN_ACTIVITY)
+    async def start_span(self, payload: dict[str, Any]) -> None:
+        await self.processor.on_span_start(self._agentex_span(payload))
+
+    @activity.defn(name=END_SPAN_ACTIVITY)
+    async def end_span(self, payload: dict[str, Any]) -> None:
+        await self.processor.on_span_end(self._agentex_span(payload))
+
+
 def _say(message: dict[str, Any]) -> None:
     sys.stdout.write(orjson.dumps(message).decode() + "\n")
     sys.stdout.flush()
@@ -122,7 +173,15 @@ async def _serve(args: argparse.Namespace) -> dict[str, Any]:
     if args.retry_deadline is not None:
         # Kept below the workflows' activity timeout: see sgp_tracing.temporal.
         queue_options = {"retry_deadline": args.retry_deadline, "request_timeout": 2.0}
-    if args.stateful:
+    if args.agentex:
+        agentex = _AgentexActivities()
+        worker = _worker(temporal, args, ledger, activities=[agentex.start_span, agentex.end_span])
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(worker.shutdown()))
+        _say({"ready": args.worker_id})
+        await worker.run()
+        queue = None  # agentex's processor sends each event itself: no queue to report
+    elif args.stateful:
         async with AsyncSGPClient() as sgp, UpsertQueue(sgp, **queue_options) as queue:
             processor = StatefulProcessor(queue)
             activities = _StatefulActivities(processor)
@@ -158,6 +217,7 @@ def main() -> None:
     parser.add_argument("--task-queue", required=True)
     parser.add_argument("--worker-id", type=int, required=True)
     parser.add_argument("--stateful", action="store_true")
+    parser.add_argument("--agentex", action="store_true", help="agentex-sdk's SGP processor")
     parser.add_argument("--no-starts", action="store_true", help="send_starts=False")
     parser.add_argument("--retry-deadline", type=float, default=None)
     args = parser.parse_args()
