@@ -30,8 +30,8 @@ from sgp_client import (
     QueueStats,
     SpanItem,
     UpsertQueue,
-    encode_content,
     new_span_id,
+    plain_record,
 )
 from sgp_client.testing import ServerProcess
 from sgp_tracing import SGPTracingProcessor, Tracer
@@ -336,25 +336,35 @@ async def burst_producer(
       `SGPTracingProcessor` (like the peers' runners, which use their own span APIs);
     - ``items``: the queue's own API, a validated `SpanItem` for the start and one for the
       end, each passed to ``queue.submit``;
-    - ``prepared``: the queue's fast API, ``queue.submit_prepared`` with the content
-      snapshot encoded by the producer (``encode_content``), exactly as `SGPTracingProcessor`
-      calls it: the queue's own cost, without the tracer's span objects.
+    - ``prepared``: the queue's fast API, ``queue.submit_record`` with a record built by
+      ``plain_record`` (the shape check and the content snapshot), exactly as
+      `SGPTracingProcessor` calls it: the queue's own cost, without the tracer's span objects.
 
     All carry the same ~300-byte input and output, fresh for every span.
     """
     checkpoint = anyio.lowlevel.checkpoint
     if producer == "prepared":
-        submit = queue.submit_prepared
+        submit = queue.submit_record
+        limit = 1 << 20
         begin = time.perf_counter()
         for i in range(spans):
             span_id, started = new_span_id(), time.time_ns()
             given = {"q": f"{i:06d}{_FILLER}"}
-            content = encode_content({"input": given})
-            submit(trace_id, span_id, None, "bench", started, None, None, None, content)
+            record = plain_record(
+                trace_id, span_id, None, None, "bench", started, None, None, None,
+                given, None, None, limit,
+            )  # fmt: skip
+            assert record is not None
+            submit(record)
             await checkpoint()
-            content = encode_content({"input": given, "output": {"a": f"{i:06d}{_FILLER}"}})
+            output = {"a": f"{i:06d}{_FILLER}"}
             ended = time.time_ns()
-            submit(trace_id, span_id, None, "bench", started, ended, "SUCCESS", None, content)
+            record = plain_record(
+                trace_id, span_id, None, None, "bench", started, ended, "SUCCESS", None,
+                given, output, None, limit,
+            )  # fmt: skip
+            assert record is not None
+            submit(record)
         return time.perf_counter() - begin
     if producer == "items":
         begin = time.perf_counter()

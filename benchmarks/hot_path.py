@@ -4,7 +4,7 @@
 
 Measures the median (and min) µs per span (start and end events, both submitted, no I/O) on
 asyncio and on trio, with (a) a null sink taking the processor's fast path
-(``submit_prepared``): the tracing layer alone, (b) a null sink with ``submit`` only, as a
+(``submit_record``): the tracing layer alone, (b) a null sink with ``submit`` only, as a
 third-party sink (a ``SpanItem`` built per event, timestamps converted to datetimes) and
 (c) the real ``UpsertQueue`` (its submit only: the worker runs between rounds), for a
 root span (a new trace each time) and for a child span inside an open trace. Then the cost of
@@ -30,18 +30,20 @@ from typing import Any
 import anyio
 import orjson
 
-from sgp_client import SpanItem, new_span_id
+from sgp_client import SpanItem, SpanRecord, new_span_id
 from sgp_tracing import SGPTracingProcessor, Span, Tracer
-from sgp_tracing._span import RAW_END, RAW_START
+from sgp_tracing._span import end_clock, start_clock
 
 
 class NullSink:
     """Takes items both ways and does nothing: the cost of the tracing layer alone."""
 
+    takes_records = True
+
     def submit(self, item: SpanItem, /) -> None:
         pass
 
-    def submit_prepared(self, *fields: object) -> None:
+    def submit_record(self, record: SpanRecord, /) -> None:
         pass
 
 
@@ -158,9 +160,9 @@ def components() -> list[tuple[str, float]]:
     payload = {"q": "hi"}
     started = Span(id=sid, trace_id=sid, name="x", start_time=now, input=payload)
     ended = Span(id=sid, trace_id=sid, name="x", start_time=now, input=payload, output=payload)
-    RAW_START.__set__(started, time.time_ns())
-    RAW_START.__set__(ended, time.time_ns())
-    RAW_END.__set__(ended, time.time_ns())
+    start_clock(started, time.time_ns())
+    start_clock(ended, time.time_ns())
+    end_clock(ended, time.time_ns())
     ended.status = "SUCCESS"
     processor = SGPTracingProcessor(NullSink())
 

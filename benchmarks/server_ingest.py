@@ -28,8 +28,8 @@ import httpx
 import orjson
 import psutil
 
-from sgp_client import encode_content
-from sgp_client._serialization import encode_fields, encode_items_body
+from sgp_client import SpanRecord, encode_content
+from sgp_client._serialization import encode_items_body, encode_record
 from sgp_client.testing import ServerProcess
 
 TRACE_SIZE = 10
@@ -44,14 +44,17 @@ def sdk_item(
     start: datetime,
     end: datetime | None,
 ) -> bytes:
-    """One item as the SDK's tracing layer encodes it (``UpsertQueue.submit_prepared``)."""
+    """One item as the SDK's tracing layer encodes it (``UpsertQueue.submit_record``)."""
     content: dict[str, Any] = {"input": {"q": "what is the answer " + "x" * 131}}
     if end is not None:
         content["output"] = {"a": "the answer is " + "y" * 136}
     status = None if end is None else "SUCCESS"
-    return encode_fields(
-        trace_id, span_id, parent_id, name, start, end, status, None, encode_content(content)
-    )
+    return encode_record(
+        SpanRecord(
+            trace_id, span_id, parent_id, None, name, start, end, status, None,
+            encode_content(content),
+        )
+    )  # fmt: skip
 
 
 def _spans(count: int, start: datetime) -> list[tuple[str, str, str | None, str, datetime]]:

@@ -40,10 +40,17 @@ from ._models import (
     SpanType,
     new_span_id,
 )
-from ._queue import DroppedSpan, DropReason, QueueStats, UpsertQueue
+from ._queue import (
+    DroppedSpan,
+    DropReason,
+    QueueConfig,
+    QueueStats,
+    SpanDroppedError,
+    UpsertQueue,
+)
+from ._record import SpanRecord, encode_content, plain_record, record_of
 from ._redact import REDACTED, Redactor, redact_credentials
 from ._retry import Backoff
-from ._serialization import encode_content
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -71,6 +78,7 @@ __all__ = [
     "InvalidSpanError",
     "NotFoundError",
     "PermissionDeniedError",
+    "QueueConfig",
     "QueueNotRunningError",
     "QueueStats",
     "RateLimitError",
@@ -78,7 +86,9 @@ __all__ = [
     "RequestTooLargeError",
     "SGPError",
     "Span",
+    "SpanDroppedError",
     "SpanItem",
+    "SpanRecord",
     "SpanStatus",
     "SpanType",
     "SpansResource",
@@ -86,5 +96,7 @@ __all__ = [
     "UpsertQueue",
     "encode_content",
     "new_span_id",
+    "plain_record",
+    "record_of",
     "redact_credentials",
 ]

@@ -22,6 +22,7 @@ import anyio
 import httpx
 
 from ._config import ClientConfig, resolve_config
+from ._constants import BATCH_PATH
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -45,7 +46,7 @@ logger = logging.getLogger("sgp_client")
 MAX_BATCH_ITEMS: Final = 1000
 #: Per-request timeouts, as the official SDK: 60 s overall, 5 s to connect.
 DEFAULT_TIMEOUT: Final = httpx.Timeout(60.0, connect=5.0)
-_BATCH_PATH: Final = "/v5/spans/batch"
+_BATCH_PATH: Final = BATCH_PATH
 
 T = TypeVar("T")
 

@@ -18,6 +18,7 @@ from typing import Any, Final, Literal, TypeAlias, get_args
 
 import attrs
 
+from ._constants import MAX_ID_BYTES
 from ._exceptions import InvalidSpanError
 
 _type = type  # SpanItem's ``type`` argument shadows the builtin inside its constructor
@@ -31,6 +32,8 @@ __all__ = [
     "SpanItem",
     "SpanStatus",
     "SpanType",
+    "id_problem",
+    "is_plain_span",
     "new_span_id",
     "validate_span_item",
 ]
@@ -67,9 +70,6 @@ SpanType: TypeAlias = Literal[
 SPAN_STATUSES: Final[frozenset[str]] = frozenset(get_args(SpanStatus))
 SPAN_TYPES: Final[frozenset[str]] = frozenset(get_args(SpanType))
 
-#: The API's limit on ``id``, ``trace_id``, ``parent_id`` and ``group_id``, in UTF-8 bytes.
-MAX_ID_BYTES: Final = 256
-
 _OBS_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _OBS_SPAN_ID = re.compile(r"[0-9a-f]{16}")
 
@@ -100,28 +100,31 @@ def new_span_id() -> str:
     return hex(_next_id())[2:]
 
 
-def _check_id(field: str, value: object, *, required: bool) -> None:
+def id_problem(value: object, *, required: bool) -> str | None:
+    """Why the API would reject ``value`` as an id (``id``, ``trace_id``...), or None."""
     if value is None:
-        if required:
-            raise InvalidSpanError(field, "is required")
-        return
+        return "is required" if required else None
     if type(value) is not str:
-        raise InvalidSpanError(field, f"must be a str, got {type(value).__name__}")
+        return f"must be a str, got {type(value).__name__}"
     if not value:
-        raise InvalidSpanError(field, "must not be empty")
-    # Fast path: short ASCII ids (the usual case) need no encoding.
+        return "must not be empty"
+    if "\x00" in value:
+        return "must not contain a NUL byte"
     if value.isascii() and len(value) <= MAX_ID_BYTES:
-        if "\x00" in value:
-            raise InvalidSpanError(field, "must not contain a NUL byte")
-        return
+        return None  # short ASCII ids (the usual case) need no encoding
     try:
         size = len(value.encode("utf-8"))
     except UnicodeEncodeError:
-        raise InvalidSpanError(field, "is not valid UTF-8 (lone surrogate)") from None
+        return "is not valid UTF-8 (lone surrogate)"
     if size > MAX_ID_BYTES:
-        raise InvalidSpanError(field, f"is {size} UTF-8 bytes, the limit is {MAX_ID_BYTES}")
-    if "\x00" in value:
-        raise InvalidSpanError(field, "must not contain a NUL byte")
+        return f"is {size} UTF-8 bytes, the limit is {MAX_ID_BYTES}"
+    return None
+
+
+def _check_id(field: str, value: object, *, required: bool) -> None:
+    problem = id_problem(value, required=required)
+    if problem is not None:
+        raise InvalidSpanError(field, problem)
 
 
 def _check_optional_str(field: str, value: object) -> None:
@@ -174,6 +177,84 @@ def _plain_datetime(field: str, value: datetime) -> datetime:
         value.microsecond,
         tzinfo=None if offset is None else timezone(offset),
         fold=value.fold,
+    )
+
+
+def is_plain_span(
+    trace_id: object,
+    span_id: object,
+    parent_id: object,
+    group_id: object,
+    name: object,
+    start: object,
+    end: object,
+    status: object,
+    type: object,
+    input: object,
+    output: object,
+    metadata: object,
+) -> bool:
+    """True when these fields are in the usual shape, which ``validate_span_item`` accepts.
+
+    The one statement of "the usual shape", used by ``SpanItem`` (to skip its thorough checks)
+    and by the tracing layer's fast path (``plain_record``): short ASCII ids without NUL, an
+    ASCII name, a start that is an int of nanoseconds or a ``datetime`` with a ``timezone``
+    offset, an end of the same kind not before it, known status and type, dict payloads.
+    False means "look closer" (coerce, or validate thoroughly), not "invalid". Written as one
+    expression on the arguments: it runs for every span event.
+    """
+    return (
+        _type(span_id) is str
+        and 0 < len(span_id) <= MAX_ID_BYTES
+        and span_id.isascii()
+        and "\x00" not in span_id
+        # A root span's trace id is often its own id (the tracer names traces that way).
+        and (
+            trace_id is span_id
+            or (
+                _type(trace_id) is str
+                and 0 < len(trace_id) <= MAX_ID_BYTES
+                and trace_id.isascii()
+                and "\x00" not in trace_id
+            )
+        )
+        and (
+            parent_id is None
+            or (
+                _type(parent_id) is str
+                and 0 < len(parent_id) <= MAX_ID_BYTES
+                and parent_id.isascii()
+                and "\x00" not in parent_id
+            )
+        )
+        and (
+            group_id is None
+            or (
+                _type(group_id) is str
+                and 0 < len(group_id) <= MAX_ID_BYTES
+                and group_id.isascii()
+                and "\x00" not in group_id
+            )
+        )
+        and _type(name) is str
+        and name.isascii()
+        and (
+            (_type(start) is int and (end is None or (_type(end) is int and end >= start)))
+            or (
+                _type(start) is datetime
+                and _type(start.tzinfo) is timezone
+                and (
+                    end is None
+                    or (_type(end) is datetime and _type(end.tzinfo) is timezone and end >= start)
+                )
+            )
+        )
+        # The str check first: an unhashable value (a list) would make ``in`` raise.
+        and (status is None or (isinstance(status, str) and status in SPAN_STATUSES))
+        and (type is None or (isinstance(type, str) and type in SPAN_TYPES))
+        and (input is None or _type(input) is dict)
+        and (output is None or _type(output) is dict)
+        and (metadata is None or _type(metadata) is dict)
     )
 
 
@@ -237,10 +318,10 @@ def _validate_thoroughly(item: SpanItem, *, normalize: bool = True) -> None:
         raise InvalidSpanError("obs_span_id", "must be 16 lowercase hex digits")
 
 
-# Not slotted, and with a hand-written __init__, on purpose: this constructor runs twice per
-# span on the tracing hot path. attrs builds frozen dict-backed instances faster than slotted
-# ones, and checking the usual shape on the arguments themselves (locals) before storing them
-# costs about half of what a post-init validation reading the attributes back costs.
+# Not slotted, and with a hand-written __init__: attrs builds frozen dict-backed instances
+# faster than slotted ones, and checking the usual shape on the arguments themselves before
+# storing them costs about half of what a post-init validation reading them back costs. (The
+# tracing layer no longer builds SpanItems on its fast path; applications still do.)
 @attrs.frozen(kw_only=True, slots=False, init=False)
 class SpanItem:
     """One span as sent to SGP (the API's SpanCreate). Validated when constructed.
@@ -308,53 +389,28 @@ class SpanItem:
         fields["application_variant_id"] = application_variant_id
         fields["obs_trace_id"] = obs_trace_id
         fields["obs_span_id"] = obs_span_id
-        # The usual shape, checked on the arguments: short ASCII ids without NUL, aware
-        # datetimes with the end not before the start, known literals, dicts, no rare fields.
+        # The usual shape (datetimes only: an int is a clock reading, not a SpanItem field),
+        # with none of the rarely used fields, needs no thorough check.
         if (
-            # (a hashable check first: an unhashable value must fail, not raise TypeError)
-            (type is None or (isinstance(type, str) and type in SPAN_TYPES))
-            and (status is None or (isinstance(status, str) and status in SPAN_STATUSES))
-            and (
-                obs_trace_id is None
-                and obs_span_id is None
-                and application_interaction_id is None
-                and application_variant_id is None
-                and group_id is None
-            )
-            and (
-                _type(id) is str
-                and 0 < len(id) <= MAX_ID_BYTES
-                and id.isascii()
-                and "\x00" not in id
-                and _type(trace_id) is str
-                and 0 < len(trace_id) <= MAX_ID_BYTES
-                and trace_id.isascii()
-                and "\x00" not in trace_id
-                and (
-                    parent_id is None
-                    or (
-                        _type(parent_id) is str
-                        and 0 < len(parent_id) <= MAX_ID_BYTES
-                        and parent_id.isascii()
-                        and "\x00" not in parent_id
-                    )
-                )
-                and _type(name) is str
-                and name.isascii()
-                and _type(start_timestamp) is datetime
-                and _type(start_timestamp.tzinfo) is timezone
-                and (
-                    end_timestamp is None
-                    or (
-                        _type(end_timestamp) is datetime
-                        and _type(end_timestamp.tzinfo) is timezone
-                        and end_timestamp >= start_timestamp
-                    )
-                )
-                and (input is None or _type(input) is dict)
-                and (output is None or _type(output) is dict)
-                and (metadata is None or _type(metadata) is dict)
-                and (expected is None or _type(expected) is dict)
+            _type(start_timestamp) is datetime
+            and (expected is None or _type(expected) is dict)
+            and obs_trace_id is None
+            and obs_span_id is None
+            and application_interaction_id is None
+            and application_variant_id is None
+            and is_plain_span(
+                trace_id,
+                id,
+                parent_id,
+                group_id,
+                name,
+                start_timestamp,
+                end_timestamp,
+                status,
+                type,
+                input,
+                output,
+                metadata,
             )
         ):
             return

@@ -1,10 +1,10 @@
-"""JSON encoding of span items and decoding of API answers.
+"""JSON encoding of span records and decoding of API answers.
 
-An item is encoded in two parts: its content fields (input, output, metadata, expected) as one
-JSON object at submit (the queue's snapshot), and the rest (ids, name, timestamps, status,
-type) only when the version of the span that survives coalescing is sent; the two objects are
-spliced together. Answers are structured into ``Span`` models by the one private cattrs
-converter.
+A span is encoded in two parts: its content fields (input, output, metadata, expected) as one
+JSON object when its ``SpanRecord`` is built (the snapshot, see ``_record``), and the rest
+(ids, name, timestamps, status, type) only when the version of the span that survives
+coalescing is sent; the two objects are spliced together. Answers are structured into
+``Span`` models by the one private cattrs converter.
 """
 
 from __future__ import annotations
@@ -13,13 +13,20 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
-import attrs
 import cattrs
 import orjson
 from cattrs.preconf.orjson import make_converter
 
-from ._exceptions import InvalidSpanError
+from ._constants import DUMPS_OPTIONS
 from ._models import SpanItem
+from ._record import (
+    Content,
+    SpanRecord,
+    encoding_error,
+    kept,
+    record_head,
+    record_of,
+)
 from ._redact import Redactor, may_hold_credentials, redact_credentials
 
 logger = logging.getLogger("sgp_client")
@@ -27,15 +34,15 @@ logger = logging.getLogger("sgp_client")
 #: What a field becomes when the redact hook raises on it (valid JSON, visibly masked).
 REDACTOR_FAILED: Final = b'"[REDACTED:redactor error]"'
 
-__all__ = ["encode_item", "encode_items_body", "structure", "unstructure"]
+__all__ = [
+    "encode_item",
+    "encode_items_body",
+    "encode_record",
+    "structure",
+    "unstructure",
+]
 
 T = TypeVar("T")
-
-# Naive datetimes are UTC (see _models); orjson then writes an explicit +00:00 offset.
-_DUMPS_OPTIONS: Final = orjson.OPT_NAIVE_UTC
-
-# The API fields, in declaration order (for SpanItem subclasses, whose __dict__ may hold more).
-_FIELD_NAMES: Final = tuple(field.name for field in attrs.fields(SpanItem))
 
 
 def _make_converter() -> cattrs.Converter:
@@ -75,17 +82,7 @@ def encode_item(item: SpanItem, redact: Redactor | None = None) -> bytes:
 
     ``InvalidSpanError`` names the field that cannot be encoded.
     """
-    return encode_snapshot(item, snapshot_content(item), redact)
-
-
-def _encoding_error(data: dict[str, Any], exc: Exception) -> InvalidSpanError:
-    # Find the field that broke encoding, so the message points at it.
-    for name, value in data.items():
-        try:
-            orjson.dumps(value, option=_DUMPS_OPTIONS)
-        except (TypeError, ValueError) as field_exc:
-            return InvalidSpanError(name, f"cannot be encoded as JSON: {field_exc}")
-    return InvalidSpanError("item", f"cannot be encoded as JSON: {exc}")
+    return encode_record(record_of(item), redact)
 
 
 def encode_items_body(encoded_items: list[bytes]) -> bytes:
@@ -95,7 +92,7 @@ def encode_items_body(encoded_items: list[bytes]) -> bytes:
 
 def dumps(data: Any) -> bytes:
     """Encode any JSON-able value the way the client sends it."""
-    return orjson.dumps(data, option=_DUMPS_OPTIONS)
+    return orjson.dumps(data, option=DUMPS_OPTIONS)
 
 
 def loads(data: bytes | str) -> Any:
@@ -103,117 +100,10 @@ def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
-#: An item's content fields (input, output, metadata, expected: the ones set), encoded
-#: together as one JSON object at submit. Spliced into the item's JSON when it is sent.
-Content = bytes
-_CONTENT_FIELDS: Final = frozenset(("input", "output", "metadata", "expected"))
-
-
-def kept(encoded: bytes) -> bytes:
-    # orjson returns bytes in an oversized buffer that is shrunk in place; keeping thousands
-    # of them alive makes the allocator crawl (measured: 1.9 us per dumps kept, 0.16 us with
-    # this copy). A two-part join returns a fresh, exactly sized copy.
-    return b"".join((encoded, b""))
-
-
-def encode_content(content: dict[str, Any]) -> Content | None:
-    """The snapshot of an item's content fields (a dict of the set ones), or None if empty.
-
-    One ``orjson.dumps`` for all of them: the caller may change its dicts afterwards without
-    changing what is sent. Raises ``InvalidSpanError`` naming a field that does not encode.
-    """
-    if not content:
-        return None
-    try:
-        return kept(orjson.dumps(content, option=_DUMPS_OPTIONS))
-    except (TypeError, ValueError) as exc:
-        raise _encoding_error(content, exc) from None
-
-
-def snapshot_content(item: SpanItem) -> Content | None:
-    """``encode_content`` of the item's input, output, metadata and expected."""
-    inp, out, meta, exp = item.input, item.output, item.metadata, item.expected
-    if inp is None and out is None and meta is None and exp is None:
-        return None
-    content: dict[str, Any] = {}
-    if inp is not None:
-        content["input"] = inp
-    if out is not None:
-        content["output"] = out
-    if meta is not None:
-        content["metadata"] = meta
-    if exp is not None:
-        content["expected"] = exp
-    return encode_content(content)
-
-
-def item_head(item: SpanItem) -> dict[str, Any]:
-    """The item's JSON object without its content fields: every other field, None as null.
-
-    Sending nulls (rather than leaving the keys out) lets orjson encode a copy of the
-    instance's own attribute dict in C; the API reads an explicit null as "not given".
-    """
-    if type(item) is SpanItem:
-        head = item.__dict__.copy()
-        del head["input"], head["output"], head["metadata"], head["expected"]
-        return head
-    return {name: getattr(item, name) for name in _FIELD_NAMES if name not in _CONTENT_FIELDS}
-
-
-def encode_snapshot(
-    item: SpanItem, content: Content | None, redact: Redactor | None = None
-) -> bytes:
-    """Encode one item whose content was snapshotted at submit (``snapshot_content``)."""
-    return encode_head(item_head(item), content, redact)
-
-
-# format_ns caches the text of the last millisecond it formatted (items of a burst share it),
-# as one tuple replaced whole, so concurrent threads can only miss the cache, never see half
-# of it; the microseconds within come from a table of the 1000 endings.
-_millisecond_text: tuple[int, str] = (-1, "")
-_MICROSECOND_ENDINGS: Final = tuple(f"{n:03d}+00:00" for n in range(1000))
-
-
-def format_ns(ns: int) -> str:
-    """ISO 8601 of ``ns`` nanoseconds since the epoch in UTC, to the microsecond (floored)."""
-    global _millisecond_text
-    millisecond, microseconds = divmod(ns // 1000, 1000)
-    cached, text = _millisecond_text
-    if millisecond != cached:
-        seconds, milliseconds = divmod(millisecond, 1000)
-        second = datetime.fromtimestamp(seconds, UTC).isoformat()[:-6]  # without "+00:00"
-        text = f"{second}.{milliseconds:03d}"
-        _millisecond_text = (millisecond, text)
-    return text + _MICROSECOND_ENDINGS[microseconds]
-
-
-def encode_fields(
-    trace_id: str,
-    span_id: str,
-    parent_id: str | None,
-    name: str,
-    start: datetime | int,
-    end: datetime | int | None,
-    status: str | None,
-    kind: str | None,
-    content: Content | None,
-    redact: Redactor | None = None,
-) -> bytes:
-    """Encode an item given as its fields (``UpsertQueue.submit_prepared``).
-
-    A timestamp may be an int: nanoseconds since the epoch, UTC (``time.time_ns()``).
-    """
-    head = {
-        "name": name,
-        "trace_id": trace_id,
-        "id": span_id,
-        "parent_id": parent_id,
-        "start_timestamp": format_ns(start) if type(start) is int else start,
-        "end_timestamp": format_ns(end) if type(end) is int else end,
-        "status": status,
-        "type": kind,
-    }
-    return encode_head(head, content, redact)
+def encode_record(record: SpanRecord, redact: Redactor | None = None) -> bytes:
+    """The JSON of one record, as sent (``InvalidSpanError`` names a field that does not
+    encode; ``redact`` masks the name and the content fields, never the ids)."""
+    return encode_head(record_head(record), record.content, redact)
 
 
 def encode_head(head: dict[str, Any], content: Content | None, redact: Redactor | None) -> bytes:
@@ -221,9 +111,9 @@ def encode_head(head: dict[str, Any], content: Content | None, redact: Redactor 
     if redact is not None:
         head, content = _redact_item(head, content, redact)
     try:
-        encoded = orjson.dumps(head, option=_DUMPS_OPTIONS)
+        encoded = orjson.dumps(head, option=DUMPS_OPTIONS)
     except (TypeError, ValueError) as exc:
-        raise _encoding_error(head, exc) from None
+        raise encoding_error(head, exc) from None
     if content is None:
         return kept(encoded)
     # '{"name":...}' + '{"input":...}' -> '{"name":...,"input":...}': both are objects.
@@ -250,7 +140,7 @@ def _redact_item(
             head = {**head, "name": orjson.Fragment(redacted)}
     if content is not None:
         members = [
-            orjson.dumps(key) + b":" + _redacted(redact, orjson.dumps(value, option=_DUMPS_OPTIONS))
+            orjson.dumps(key) + b":" + _redacted(redact, orjson.dumps(value, option=DUMPS_OPTIONS))
             for key, value in orjson.loads(content).items()
         ]
         content = b"{" + b",".join(members) + b"}"

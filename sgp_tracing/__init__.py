@@ -13,15 +13,20 @@ async with UpsertQueue(client) as queue:
 
 No processor remembers a started span: the start and the end of a span each become a
 complete item, so a span started in one process can be ended in another
-(``span.to_dict()`` / ``Span.from_dict()`` / ``Tracer.end_span``). ``sgp_tracing.agentex``
-adapts this to agentex's async processor interface.
+(``span.to_dict()`` / ``Span.from_dict()`` / ``Tracer.end_span``); hand a span to another
+process only once its start is delivered (``await tracer.start_span_delivered(...)``).
+``sgp_tracing.agentex`` adapts this to agentex's async processor interface.
 """
 
 from ._coerce import to_json_safe
 from ._processor import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     ERROR_METADATA_KEY,
+    AwaitableRecordSink,
+    AwaitableSink,
+    DeliveringProcessor,
     ProcessorStats,
+    RecordSink,
     SGPTracingProcessor,
     SpanSink,
     TracingProcessor,
@@ -32,7 +37,11 @@ from ._tracer import SpanScope, Tracer, current_span, traced
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "ERROR_METADATA_KEY",
+    "AwaitableRecordSink",
+    "AwaitableSink",
+    "DeliveringProcessor",
     "ProcessorStats",
+    "RecordSink",
     "SGPTracingProcessor",
     "Span",
     "SpanScope",

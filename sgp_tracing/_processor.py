@@ -7,39 +7,47 @@ without its START still produces a complete span; a START never seen ends nothin
 
 Processors are called from agent code, so ``SGPTracingProcessor`` never raises into it. It
 coerces what it can (the slow path, ``_coerce``) and drops, counts and logs what it cannot.
-The usual event takes the fast path: a few type checks on locals and a trusted ``SpanItem``.
+The usual event takes the fast path: ``sgp_client.plain_record`` checks its shape and
+snapshots its payloads in one call, and a sink that takes records (``UpsertQueue``) gets
+that record, with no ``SpanItem`` built.
 """
 
 from __future__ import annotations
 
 import logging
 import reprlib
-from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime, timezone
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any, Final, Protocol, runtime_checkable
 
 import attrs
-import orjson
 
 from sgp_client import (
     SPAN_STATUSES,
     SPAN_TYPES,
     InvalidSpanError,
     QueueNotRunningError,
+    SpanDroppedError,
     SpanItem,
+    SpanRecord,
     SpanType,
+    plain_record,
 )
+from sgp_client._models import id_problem
 
 from ._coerce import PayloadFitter, fix_str, to_json_safe
-from ._items import MAX_ID_BYTES, id_problem, make_item, payloads_fit
 from ._ratelimit import RateLimitedLog, logger
-from ._span import RAW_END, RAW_START, Span
+from ._span import Span
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "ERROR_METADATA_KEY",
     "ORIGINAL_TYPE_METADATA_KEY",
+    "AwaitableRecordSink",
+    "AwaitableSink",
+    "DeliveringProcessor",
     "ProcessorStats",
+    "RecordSink",
     "SGPTracingProcessor",
     "SpanSink",
     "TracingProcessor",
@@ -52,14 +60,10 @@ ERROR_METADATA_KEY: Final = "__error__"
 #: Metadata key keeping a span type the API does not know (the item says ``CUSTOM``).
 ORIGINAL_TYPE_METADATA_KEY: Final = "__span_type__"
 _MAX_NAME_CHARS: Final = 4096
-# The stored values behind Span.start_time / end_time (a tracer's int clock readings).
-_raw_start = RAW_START.__get__
-_raw_end = RAW_END.__get__
-_dumps = orjson.dumps
-_join = b"".join
-_DUMPS_OPTIONS: Final = orjson.OPT_NAIVE_UTC  # what the queue encodes with
-# The content of an event the fast path cannot take (see on_span_start).
-_UNFIT: Final = b"\x00unfit"
+# The fast path measures the payloads together, as one JSON object: their keys and commas
+# add at most this many bytes to the limit of one payload. Anything bigger takes the slow
+# path, which checks each payload against the limit on its own.
+_CONTENT_KEYS_BYTES: Final = 32
 
 
 class SpanSink(Protocol):
@@ -71,6 +75,38 @@ class SpanSink(Protocol):
 
     def submit(self, item: SpanItem, /) -> None:
         """Take one item."""
+
+
+@runtime_checkable
+class RecordSink(SpanSink, Protocol):
+    """A sink that also takes ``SpanRecord``s (``UpsertQueue``): the processor's fast path
+    then builds no ``SpanItem``. ``takes_records`` says whether ``submit_record`` may be
+    used (a test sink offers both paths); the processor reads it once, when constructed.
+    """
+
+    @property
+    def takes_records(self) -> bool:
+        """True when ``submit_record`` may be used."""
+
+    def submit_record(self, record: SpanRecord, /) -> None:
+        """Take one record (``sgp_client.plain_record``)."""
+
+
+@runtime_checkable
+class AwaitableSink(Protocol):
+    """A sink whose writes can be awaited until delivered (``UpsertQueue.upsert``); what
+    ``SGPTracingProcessor.deliver_start`` / ``deliver_end`` need."""
+
+    async def upsert(self, item: SpanItem, /) -> None:
+        """Take one item; return once it is delivered, raise ``SpanDroppedError`` if not."""
+
+
+@runtime_checkable
+class AwaitableRecordSink(Protocol):
+    """A sink whose record writes can be awaited (``UpsertQueue.upsert_record``)."""
+
+    async def upsert_record(self, record: SpanRecord, /) -> None:
+        """``upsert`` for a record."""
 
 
 @runtime_checkable
@@ -91,6 +127,18 @@ class TracingProcessor(Protocol):
 
     def shutdown(self) -> None:
         """No more events will come."""
+
+
+@runtime_checkable
+class DeliveringProcessor(Protocol):
+    """A processor whose events can be awaited until delivered (``SGPTracingProcessor``);
+    ``Tracer.start_span_delivered`` / ``end_span_delivered`` use it."""
+
+    async def deliver_start(self, span: Span, /) -> None:
+        """``on_span_start``, returning once the start is delivered."""
+
+    async def deliver_end(self, span: Span, /) -> None:
+        """``on_span_end``, returning once the end is delivered."""
 
 
 @attrs.frozen(kw_only=True)
@@ -118,15 +166,16 @@ class ProcessorStats:
 
 
 class SGPTracingProcessor:
-    """Turns span events into ``SpanItem``s and submits them to ``sink``; never raises.
+    """Turns span events into items and submits them to ``sink``; never raises.
 
     ``max_payload_bytes`` bounds each encoded payload (input, output, metadata); a bigger one
     is replaced by a ``{"__truncated__": true, ...}`` marker with a preview. ``default_type``
     is the type of spans that have none (None lets the server decide); an unknown type is
     sent as ``CUSTOM`` with the original in ``metadata["__span_type__"]``. The status of an
     end is the span's, or ``ERROR`` when it carries an error, else ``SUCCESS``; a start has
-    none. Problems are counted in ``stats`` and logged at most once per ``log_interval``
-    seconds per reason.
+    none. ``send_starts=False`` writes no starts at all, only ends: half the writes, but no
+    "Running" state is visible while a span is open. Problems are counted in ``stats`` and
+    logged at most once per ``log_interval`` seconds per reason.
     """
 
     __slots__ = (
@@ -136,8 +185,10 @@ class SGPTracingProcessor:
         "_fitter",
         "_log",
         "_max_bytes",
-        "_prepared",
+        "_send_starts",
+        "_sink",
         "_submit",
+        "_submit_record",
     )
 
     def __init__(
@@ -146,6 +197,7 @@ class SGPTracingProcessor:
         *,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         default_type: SpanType | None = None,
+        send_starts: bool = True,
         log_interval: float = 10.0,
         log: logging.Logger = logger,
     ) -> None:
@@ -153,13 +205,15 @@ class SGPTracingProcessor:
             raise ValueError(f"max_payload_bytes must be at least 256, got {max_payload_bytes}")
         if default_type is not None and default_type not in SPAN_TYPES:
             raise ValueError(f"default_type {default_type!r} is not a known span type")
-        self._submit = sink.submit  # bound once: one attribute lookup fewer per event
-        # A sink that takes pre-checked fields (UpsertQueue.submit_prepared) gets them: no
-        # SpanItem built, and the payloads encoded once (the encode that checks their size
-        # is the queue's snapshot).
-        prepared = getattr(sink, "submit_prepared", None)
-        self._prepared: Callable[..., None] | None = prepared if callable(prepared) else None
+        self._sink = sink
+        self._submit = sink.submit
+        # A sink that takes records gets them: no SpanItem built, the payloads encoded once
+        # (the encode that checks their size is the record's snapshot).
+        self._submit_record = (
+            sink.submit_record if isinstance(sink, RecordSink) and sink.takes_records else None
+        )
         self._default_type = default_type
+        self._send_starts = send_starts
         self._fitter = PayloadFitter(max_payload_bytes)
         self._max_bytes = max_payload_bytes
         self._coerced: dict[str, int] = {}
@@ -175,242 +229,155 @@ class SGPTracingProcessor:
 
     def on_span_start(self, span: Span, /) -> None:
         """Submit the in-progress item of ``span`` (no end, no status)."""
-        item: SpanItem | None
-        try:
-            sid, tid, pid = span.id, span.trace_id, span.parent_id
-            name, kind = span.name, span.type
-            # A tracer's span holds its clock reading as int nanoseconds: passed on as is.
-            start: Any = _raw_start(span) if type(span) is Span else span.start_time
-            inp, out, meta = span.input, span.output, span.metadata
-            # The usual shape, checked inline on locals; see _items for why this is enough.
-            if (
-                type(sid) is str
-                and 0 < len(sid) <= MAX_ID_BYTES
-                and sid.isascii()
-                and "\x00" not in sid
-                # A root span's trace id is its own id (the tracer names traces that way).
-                and (
-                    tid is sid
-                    or (
-                        type(tid) is str
-                        and 0 < len(tid) <= MAX_ID_BYTES
-                        and tid.isascii()
-                        and "\x00" not in tid
-                    )
-                )
-                and (
-                    pid is None
-                    or (
-                        type(pid) is str
-                        and 0 < len(pid) <= MAX_ID_BYTES
-                        and pid.isascii()
-                        and "\x00" not in pid
-                    )
-                )
-                and span.group_id is None
-                and type(name) is str
-                and len(name) <= _MAX_NAME_CHARS
-                and name.isascii()
-                and (
-                    type(start) is int
-                    or (type(start) is datetime and type(start.tzinfo) is timezone)
-                )
-                and (kind is None or kind in SPAN_TYPES)
-                and (inp is None or type(inp) is dict)
-                and (out is None or type(out) is dict)
-                and (meta is None or type(meta) is dict)
-            ):
-                prepared = self._prepared
-                if prepared is not None:
-                    # The payloads encoded once, inline (this runs twice per span): the snapshot
-                    # submit_prepared takes, which also answers "does orjson take them, and
-                    # are they within the size limit" (the keys add at most 32 bytes). Else
-                    # the slow path looks at each payload on its own.
-                    content: bytes | None
-                    if inp is None and out is None and meta is None:
-                        content = None
-                    else:
-                        payloads = {}
-                        if inp is not None:
-                            payloads["input"] = inp
-                        if out is not None:
-                            payloads["output"] = out
-                        if meta is not None:
-                            payloads["metadata"] = meta
-                        try:
-                            encoded = _dumps(payloads, option=_DUMPS_OPTIONS)
-                        except Exception:  # refused: cycle, depth, surrogate, unknown type
-                            content = _UNFIT
-                        else:
-                            content = (
-                                _UNFIT
-                                if len(encoded) > self._max_bytes + 32
-                                else _join((encoded, b""))  # an exact-size copy: see kept()
-                            )
-                    if content is not _UNFIT:
-                        kind = kind if kind is not None else self._default_type
-                        try:
-                            prepared(tid, sid, pid, name, start, None, None, kind, content)
-                        except Exception as exc:  # the sink's problem, never the caller's
-                            self._sink_failed(exc, span, completed=False)
-                        return
-                    item = self._slow_item(span, completed=False, force=False)
-                elif (inp is None and out is None and meta is None) or payloads_fit(
-                    inp, out, meta, self._max_bytes
-                ):
-                    item = make_item(
-                        name,
-                        tid,
-                        sid,
-                        pid,
-                        None,
-                        span.start_time,  # a datetime, converted from the clock if need be
-                        None,
-                        None,
-                        kind if kind is not None else self._default_type,
-                        inp,
-                        out,
-                        meta,
-                    )
-                else:
-                    item = self._slow_item(span, completed=False, force=False)
-                if item is None:
-                    return
-            else:
-                item = self._slow_item(span, completed=False, force=False)
-                if item is None:
-                    return
-        except Exception as exc:  # e.g. a duck-typed span whose attribute raises
-            self._drop("processor_error", "building the start of a span failed: %r", exc)
-            return
-        try:
-            self._submit(item)
-        except Exception as exc:  # the sink's problem, never the caller's
-            self._sink_failed(exc, span, completed=False)
+        if self._send_starts:
+            self._event(span, False)
 
     def on_span_end(self, span: Span, /) -> None:
         """Submit the completed item of ``span``: everything its start had, plus the end."""
-        item: SpanItem | None
-        try:
-            sid, tid, pid = span.id, span.trace_id, span.parent_id
-            name, kind = span.name, span.type
-            start: Any
-            end: Any
-            if type(span) is Span:  # clock readings as int nanoseconds, as in on_span_start
-                start, end = _raw_start(span), _raw_end(span)
-            else:
-                start, end = span.start_time, span.end_time
-            status = span.status
-            inp, out, meta = span.input, span.output, span.metadata
-            if (
-                type(sid) is str
-                and 0 < len(sid) <= MAX_ID_BYTES
-                and sid.isascii()
-                and "\x00" not in sid
-                # A root span's trace id is its own id (the tracer names traces that way).
-                and (
-                    tid is sid
-                    or (
-                        type(tid) is str
-                        and 0 < len(tid) <= MAX_ID_BYTES
-                        and tid.isascii()
-                        and "\x00" not in tid
-                    )
-                )
-                and (
-                    pid is None
-                    or (
-                        type(pid) is str
-                        and 0 < len(pid) <= MAX_ID_BYTES
-                        and pid.isascii()
-                        and "\x00" not in pid
-                    )
-                )
-                and span.group_id is None
-                and span.error is None
-                and type(name) is str
-                and len(name) <= _MAX_NAME_CHARS
-                and name.isascii()
-                and (
-                    (type(start) is int and type(end) is int)
-                    or (
-                        type(start) is datetime
-                        and type(start.tzinfo) is timezone
-                        and type(end) is datetime
-                        and type(end.tzinfo) is timezone
-                    )
-                )
-                # Two ints or two aware datetimes, as just checked.
-                and end >= start  # type: ignore[operator]
-                and (status is None or status in SPAN_STATUSES)
-                and (kind is None or kind in SPAN_TYPES)
-                and (inp is None or type(inp) is dict)
-                and (out is None or type(out) is dict)
-                and (meta is None or type(meta) is dict)
-            ):
-                prepared = self._prepared
-                if prepared is not None:
-                    if inp is None and out is None and meta is None:  # as in on_span_start
-                        content = None
-                    else:
-                        payloads = {}
-                        if inp is not None:
-                            payloads["input"] = inp
-                        if out is not None:
-                            payloads["output"] = out
-                        if meta is not None:
-                            payloads["metadata"] = meta
-                        try:
-                            encoded = _dumps(payloads, option=_DUMPS_OPTIONS)
-                        except Exception:  # refused: cycle, depth, surrogate, unknown type
-                            content = _UNFIT
-                        else:
-                            content = (
-                                _UNFIT
-                                if len(encoded) > self._max_bytes + 32
-                                else _join((encoded, b""))
-                            )
-                    if content is not _UNFIT:
-                        status = status if status is not None else "SUCCESS"
-                        kind = kind if kind is not None else self._default_type
-                        try:
-                            prepared(tid, sid, pid, name, start, end, status, kind, content)
-                        except Exception as exc:  # the sink's problem, never the caller's
-                            self._sink_failed(exc, span, completed=True)
-                        return
-                    item = self._slow_item(span, completed=True, force=False)
-                elif (inp is None and out is None and meta is None) or payloads_fit(
-                    inp, out, meta, self._max_bytes
-                ):
-                    item = make_item(
-                        name,
-                        tid,
-                        sid,
-                        pid,
-                        None,
-                        span.start_time,  # datetimes, converted from the clock if need be
-                        span.end_time,
-                        status if status is not None else "SUCCESS",
-                        kind if kind is not None else self._default_type,
-                        inp,
-                        out,
-                        meta,
-                    )
-                else:
-                    item = self._slow_item(span, completed=True, force=False)
-                if item is None:
-                    return
-            else:
-                item = self._slow_item(span, completed=True, force=False)
-                if item is None:
-                    return
-        except Exception as exc:  # e.g. a duck-typed span whose attribute raises
-            self._drop("processor_error", "building the end of a span failed: %r", exc)
+        self._event(span, True)
+
+    def _event(self, span: Span, completed: bool) -> None:
+        """The one implementation of both events: build the item of ``span``, submit it."""
+        built = self._build(span, completed, self._submit_record is not None)
+        if built is None:
             return
         try:
-            self._submit(item)
+            if type(built) is SpanRecord:
+                self._submit_record(built)  # type: ignore[misc]  # not None: asked for records
+            else:
+                self._submit(built)  # type: ignore[arg-type]
         except Exception as exc:  # the sink's problem, never the caller's
-            self._sink_failed(exc, span, completed=True)
+            self._sink_failed(exc, span, completed=completed)
+
+    def _build(self, span: Span, completed: bool, records: bool) -> SpanRecord | SpanItem | None:
+        """The record (``records``) or item of a span event; None when dropped (counted).
+
+        The usual event becomes a record in one call (``plain_record``: the shape check and
+        the payload snapshot, which also measures them); anything else, or a sink that
+        takes no records, gets a ``SpanItem``.
+        """
+        try:
+            record: SpanRecord | None = None
+            name = span.name
+            if (
+                type(name) is str
+                and len(name) <= _MAX_NAME_CHARS
+                # An error goes into the metadata: the slow path.
+                and not (completed and span.error is not None)
+            ):
+                start: Any
+                end: Any
+                if type(span) is Span:
+                    # A tracer's span keeps its clock readings (int ns) in these slots: they
+                    # go to the record as they are (the queue formats them). Read here, not
+                    # through a helper: this runs for every event.
+                    start, end = span._start_ns, span._end_ns
+                    if start is None:
+                        start = span._start_time
+                    if end is None:
+                        end = span._end_time
+                else:
+                    start, end = span.start_time, span.end_time
+                kind = span.type
+                if kind is None:
+                    kind = self._default_type
+                status = None
+                if not completed:
+                    end = None
+                elif end is not None:  # a missing end is "now": the slow path
+                    status = span.status
+                    if status is None:
+                        status = "SUCCESS"
+                if end is not None or not completed:
+                    record = plain_record(
+                        span.trace_id,
+                        span.id,
+                        span.parent_id,
+                        span.group_id,
+                        name,
+                        start,
+                        end,
+                        status,
+                        kind,
+                        span.input,
+                        span.output,
+                        span.metadata,
+                        self._max_bytes + _CONTENT_KEYS_BYTES,
+                    )
+            if record is None:
+                return self._slow_item(span, completed=completed, force=False)
+            if records:
+                return record
+            # A sink without records: the same fields as a SpanItem, datetimes included.
+            return SpanItem(
+                name=record.name,
+                trace_id=record.trace_id,
+                start_timestamp=span.start_time,
+                id=record.id,
+                parent_id=record.parent_id,
+                group_id=record.group_id,
+                end_timestamp=span.end_time if completed else None,
+                status=record.status,  # type: ignore[arg-type]
+                type=record.type,  # type: ignore[arg-type]
+                input=span.input,
+                output=span.output,
+                metadata=span.metadata,
+            )
+        except Exception as exc:  # e.g. a duck-typed span whose attribute raises
+            event = "end" if completed else "start"
+            self._drop("processor_error", "building the %s of a span failed: %r", event, exc)
+            return None
+
+    # -- awaited delivery ---------------------------------------------------------------
+
+    async def deliver_start(self, span: Span, /) -> None:
+        """``on_span_start``, but return only once the start is delivered.
+
+        Awaits the sink's ``upsert`` (``UpsertQueue.upsert``: the dispatcher sends at once,
+        sharing the request with every write awaited meanwhile). Raises
+        ``SpanDroppedError`` when the write was dropped, so a caller such as a Temporal
+        activity fails and is retried elsewhere; ``QueueNotRunningError`` when the sink is
+        not running. An event the processor itself cannot turn into an item is counted in
+        ``stats`` (as by ``on_span_start``) and not raised. With ``send_starts=False`` it
+        returns at once. Once it returns, ``span`` (or its ``to_dict()``) may be handed to
+        another process: no write of this process can overtake that process's end.
+        """
+        if self._send_starts:
+            await self._deliver(span, False)
+
+    async def deliver_end(self, span: Span, /) -> None:
+        """``on_span_end``, but return only once the end is delivered (see
+        ``deliver_start``)."""
+        await self._deliver(span, True)
+
+    async def _deliver(self, span: Span, completed: bool) -> None:
+        sink: object = self._sink
+        if not isinstance(sink, AwaitableSink):
+            raise TypeError(f"{type(sink).__name__} has no awaitable upsert(item)")
+        records = isinstance(sink, AwaitableRecordSink) and self._submit_record is not None
+        built = self._build(span, completed, records)
+        if built is None:
+            return
+        try:
+            if type(built) is SpanRecord:
+                assert isinstance(sink, AwaitableRecordSink)  # records were asked for
+                await sink.upsert_record(built)
+            else:
+                await sink.upsert(built)  # type: ignore[arg-type]
+        except InvalidSpanError:
+            # The sink refused what the fast path let through: convert everything, once.
+            item = self._slow_item(span, completed=completed, force=True)
+            if item is None:
+                return
+            try:
+                await sink.upsert(item)
+            except InvalidSpanError as again:
+                self._drop("rejected", "span dropped: the sink refused it: %s", again)
+                raise SpanDroppedError("rejected", item.trace_id, item.id) from again
+            _count(self._coerced, "resubmitted")
+        except QueueNotRunningError as exc:
+            self._drop("sink_not_running", "span dropped: the sink is not running (%s)", exc)
+            raise
 
     def on_spans_start(self, spans: Iterable[Span], /) -> None:
         """``on_span_start`` for each span."""
@@ -432,7 +399,7 @@ class SGPTracingProcessor:
         """Stop submitting; later events are dropped (``shutdown``). The sink is not closed:
         whoever opened it (``async with UpsertQueue(...)``) owns its lifecycle."""
         self._submit = self._closed
-        self._prepared = None  # so every event reaches _closed
+        self._submit_record = None  # so every event reaches _closed
 
     # -- the slow path ------------------------------------------------------------------
 
@@ -486,7 +453,8 @@ class SGPTracingProcessor:
                 _count(counts, "end_before_start")
                 end = start
             status = getattr(span, "status", None)
-            if status not in SPAN_STATUSES:
+            # The str check first: an unhashable value (a list) would make ``in`` raise.
+            if not (isinstance(status, str) and status in SPAN_STATUSES):
                 if status is not None:
                     _count(counts, "invalid_status")
                 status = "ERROR" if error is not None else "SUCCESS"
@@ -495,7 +463,7 @@ class SGPTracingProcessor:
         original_kind: Any = None
         if kind is None:
             kind = self._default_type
-        elif kind not in SPAN_TYPES:
+        elif not (isinstance(kind, str) and kind in SPAN_TYPES):
             _count(counts, "unknown_type")
             original_kind, kind = kind, "CUSTOM"
 

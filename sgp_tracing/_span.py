@@ -7,25 +7,35 @@ start time included, because the API's identity of a span includes the UTC day o
 a close built from a re-parsed start must carry the very same instant.
 
 A tracer reads the clock as an integer (``time.time_ns()``, a quarter of the cost of
-``datetime.now``) and stores it in the span as is: ``start_time`` and ``end_time`` turn it
-into an aware UTC datetime the first time they are read, and the processor hands the integer
-straight to the queue, which formats it off the hot path. Either way it is the same instant,
-to the microsecond.
+``datetime.now``) and stores it in the span's ``_start_ns`` / ``_end_ns`` slots:
+``start_time`` and ``end_time`` are properties that turn a reading into an aware UTC datetime
+the first time they are read (and keep it), and the processor hands the integer straight to
+the queue, which formats it off the hot path. Either way it is the same instant, to the
+microsecond.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import attrs
 
 from sgp_client import SPAN_STATUSES
+from sgp_client._constants import EPOCH
 
 from ._coerce import to_json_safe
 
-__all__ = ["RAW_END", "RAW_START", "Span", "datetime_from_ns", "new_span"]
+__all__ = [
+    "Span",
+    "datetime_from_ns",
+    "end_clock",
+    "end_now",
+    "new_span",
+    "start_clock",
+]
 
 _REQUIRED_STR: Final = ("id", "trace_id", "name")
 _OPTIONAL_STR: Final = ("parent_id", "group_id", "type", "status")
@@ -45,9 +55,14 @@ class Span:
     id: str
     trace_id: str
     name: str
-    start_time: datetime
+    # ``start_time`` and ``end_time`` (the properties below) in ``__init__``. A tracer's
+    # clock reading (int ns) in ``_start_ns`` / ``_end_ns``, when set, is the time: the
+    # properties convert it once and keep the datetime.
+    _start_time: datetime = attrs.field(alias="start_time")
     parent_id: str | None = None
-    end_time: datetime | None = None
+    _end_time: datetime | None = attrs.field(default=None, alias="end_time")
+    _start_ns: int | None = attrs.field(default=None, init=False)
+    _end_ns: int | None = attrs.field(default=None, init=False)
     input: Any = None
     output: Any = None
     metadata: Any = None
@@ -55,6 +70,30 @@ class Span:
     status: str | None = None
     group_id: str | None = None
     error: dict[str, Any] | None = None
+
+    @property
+    def start_time(self) -> datetime:
+        """When the span started (an aware UTC datetime when the tracer read the clock)."""
+        ns = self._start_ns
+        if ns is not None:
+            self._start_time, self._start_ns = datetime_from_ns(ns), None
+        return self._start_time
+
+    @start_time.setter
+    def start_time(self, value: datetime) -> None:
+        self._start_time, self._start_ns = value, None
+
+    @property
+    def end_time(self) -> datetime | None:
+        """When the span ended; None while it runs."""
+        ns = self._end_ns
+        if ns is not None:
+            self._end_time, self._end_ns = datetime_from_ns(ns), None
+        return self._end_time
+
+    @end_time.setter
+    def end_time(self, value: datetime | None) -> None:
+        self._end_time, self._end_ns = value, None
 
     def to_dict(self) -> dict[str, Any]:
         """A plain JSON-able dict of this span; ``Span.from_dict`` turns it back into one.
@@ -143,6 +182,36 @@ def _parse_time(key: str, value: object) -> datetime:
         raise ValueError(f"Span.from_dict: {key!r} is not ISO 8601: {value!r}") from None
 
 
+def start_clock(span: Span, ns: int) -> None:
+    """Record the tracer's clock reading as the span's start."""
+    span._start_ns = ns
+
+
+def end_clock(span: Span, ns: int) -> None:
+    """Record the tracer's clock reading as the span's end."""
+    span._end_time, span._end_ns = None, ns
+
+
+def end_now(span: Span) -> None:
+    """End ``span`` now, never before its start (a clock may step back).
+
+    A clock reading when the start is one; else a datetime (the block replaced
+    ``start_time``, with a datetime or worse: then the processor sorts it out).
+    """
+    start_ns = span._start_ns
+    if start_ns is not None:
+        end_ns = time.time_ns()
+        span._end_time, span._end_ns = None, end_ns if end_ns >= start_ns else start_ns
+        return
+    start: Any = span._start_time
+    end = datetime.now(UTC)
+    try:
+        later = end >= start
+    except Exception:  # naive, or not a time at all
+        later = True
+    span.end_time = end if later else start
+
+
 _new = object.__new__
 
 
@@ -161,15 +230,18 @@ def new_span(
 
     attrs' keyword-only ``__init__`` spends most of its time binding arguments; ``Span``
     has no validators or converters, so assigning the slots directly is equivalent (a test
-    checks it stays so).
+    checks it stays so). Measured: 0.33 against 1.1 us a span, about 15% of the hot-path
+    row.
     """
     span: Span = _new(Span)
     span.id = span_id
     span.trace_id = trace_id
     span.name = name
-    _set_start(span, start_time)  # the slots themselves: the public attributes convert
+    span._start_time = start_time
+    span._start_ns = None
     span.parent_id = parent_id
-    _set_end(span, None)
+    span._end_time = None
+    span._end_ns = None
     span.input = input_
     span.output = None
     span.metadata = metadata
@@ -180,54 +252,9 @@ def new_span(
     return span
 
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
-
 def datetime_from_ns(ns: int) -> datetime:
     """The aware UTC datetime of ``ns`` nanoseconds since the epoch, to the microsecond
     (floored, as the queue formats it: ``sgp_client``'s encoder of integer timestamps)."""
     # Exact integer arithmetic (fromtimestamp takes a float and rounds), and the cheapest
     # of the exact ways measured: 0.4 us, against 1.1 for fromtimestamp(...).replace(...).
-    return _EPOCH + timedelta(0, 0, ns // 1000)
-
-
-class _ClockTime:
-    """A ``Span`` time attribute whose slot may hold a raw clock reading (int nanoseconds).
-
-    Reading converts it once (and stores the datetime); writing stores what is given. The
-    tracer and the processor use the slot itself (``RAW_START``, ``RAW_END``).
-    """
-
-    __slots__ = ("_slot",)
-
-    def __init__(self, slot: Any) -> None:
-        self._slot = slot
-
-    def __get__(self, span: Span | None, owner: type | None = None) -> Any:
-        if span is None:
-            return self
-        value = self._slot.__get__(span, owner)
-        if type(value) is int:
-            value = datetime_from_ns(value)
-            self._slot.__set__(span, value)
-        return value
-
-    def __set__(self, span: Span, value: Any) -> None:
-        self._slot.__set__(span, value)
-
-    def __delete__(self, span: Span) -> None:
-        self._slot.__delete__(span)
-
-
-def _wrap_time_slot(name: str) -> Any:
-    slot = Span.__dict__[name]
-    setattr(Span, name, _ClockTime(slot))
-    return slot
-
-
-#: The slots behind ``Span.start_time`` / ``Span.end_time``: ``RAW_START.__get__(span)`` is
-#: the stored value, possibly an int of nanoseconds; ``RAW_START.__set__(span, ns)`` stores one.
-RAW_START: Final = cast(Any, _wrap_time_slot("start_time"))
-RAW_END: Final = cast(Any, _wrap_time_slot("end_time"))
-_set_start = RAW_START.__set__
-_set_end = RAW_END.__set__
+    return EPOCH + timedelta(0, 0, ns // 1000)

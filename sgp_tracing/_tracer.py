@@ -27,11 +27,12 @@ from typing import Any, Final, ParamSpec, TypeVar, cast, overload
 import anyio
 
 from sgp_client import SPAN_STATUSES, new_span_id
+from sgp_client._constants import EPOCH
 
 from ._coerce import fix_str
-from ._processor import TracingProcessor
+from ._processor import DeliveringProcessor, TracingProcessor
 from ._ratelimit import RateLimitedLog, logger
-from ._span import RAW_END, RAW_START, Span, new_span
+from ._span import Span, end_now, new_span
 
 __all__ = ["SpanScope", "Tracer", "current_span", "traced"]
 
@@ -39,11 +40,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _MAX_ERROR_MESSAGE: Final = 4096
-_now = datetime.now
-_time_ns = time.time_ns
-_set_raw_start = RAW_START.__set__
-_get_raw_start = RAW_START.__get__
-_set_raw_end = RAW_END.__set__
 
 # The scope of the innermost span of the current context (None outside any span). A scope,
 # not a span, so ``@traced`` can also find the tracer that opened it.
@@ -82,7 +78,7 @@ class SpanScope:
                 parent_span = parent.span
                 span.trace_id = parent_span.trace_id
                 span.parent_id = parent_span.id
-        _set_raw_start(span, _time_ns())
+        span._start_ns = time.time_ns()  # the clock reading, converted only if read
         self._token = _current.set(self)
         tracer = self.tracer
         try:
@@ -98,17 +94,7 @@ class SpanScope:
         tb: TracebackType | None,
     ) -> None:
         span = self.span
-        start = _get_raw_start(span)
-        if type(start) is int:
-            end = _time_ns()
-            _set_raw_end(span, end if end >= start else start)  # the clock may step back
-        else:  # the block replaced start_time (with a datetime, or worse)
-            end_time = _now(UTC)
-            try:
-                later = end_time >= start
-            except Exception:  # naive, or not a time at all: the processor sorts it out
-                later = True
-            span.end_time = end_time if later else start
+        end_now(span)
         if exc is not None:
             record_error(span, exc)
         elif span.status is None:
@@ -248,14 +234,14 @@ class Tracer:
             span_id,
             span_id if trace_id is None else trace_id,
             name,
-            _EPOCH,  # set on entry
+            EPOCH,  # set on entry
             None,
             input,
             metadata,
             type,
             group_id,
         )
-        return _scope(self, span, True)
+        return SpanScope(self, span, True)
 
     def span(
         self,
@@ -268,9 +254,9 @@ class Tracer:
     ) -> SpanScope:
         """``async with`` a child of the current span, or the root of a new trace if none."""
         # trace_id is settled on entry; the placeholders keep the Span well-typed until then.
-        return _scope(
+        return SpanScope(
             self,
-            new_span(new_span_id(), "", name, _EPOCH, None, input, metadata, type, group_id),
+            new_span(new_span_id(), "", name, EPOCH, None, input, metadata, type, group_id),
             False,
         )
 
@@ -291,8 +277,54 @@ class Tracer:
 
         Without ``trace_id`` the span joins the current span's trace (as its child unless
         ``parent_id`` says otherwise), or starts a new trace. The span does not become the
-        current span. Send ``span.to_dict()`` to the process that will end it.
+        current span. Send ``span.to_dict()`` to the process that will end it only once its
+        start is delivered: use ``start_span_delivered`` for that (with a fire-and-forget
+        start, this process's start may land after the other process's end).
         """
+        span = self._new_span(
+            name, trace_id, parent_id, input, metadata, type, group_id, span_id, start_time
+        )
+        self._emit_start(span)
+        return span
+
+    async def start_span_delivered(
+        self,
+        name: str,
+        *,
+        trace_id: str | None = None,
+        parent_id: str | None = None,
+        input: Any = None,
+        metadata: Any = None,
+        type: str | None = None,
+        group_id: str | None = None,
+        span_id: str | None = None,
+        start_time: datetime | None = None,
+    ) -> Span:
+        """``start_span`` that returns once the start is delivered (the Temporal shape).
+
+        Each processor with ``deliver_start`` (``SGPTracingProcessor``) is awaited; the others
+        get ``on_span_start``. Raises ``SpanDroppedError`` when the start was dropped (a
+        Temporal activity then fails and is retried). The returned span, or its
+        ``to_dict()``, is then safe to hand to another process, which may end it at once.
+        """
+        span = self._new_span(
+            name, trace_id, parent_id, input, metadata, type, group_id, span_id, start_time
+        )
+        await self._deliver(span, completed=False)
+        return span
+
+    def _new_span(
+        self,
+        name: str,
+        trace_id: str | None,
+        parent_id: str | None,
+        input: Any,
+        metadata: Any,
+        kind: str | None,
+        group_id: str | None,
+        span_id: str | None,
+        start_time: datetime | None,
+    ) -> Span:
         if trace_id is None:
             scope = _current.get()
             if scope is not None:
@@ -300,19 +332,17 @@ class Tracer:
                 if parent_id is None:
                     parent_id = scope.span.id
         sid = new_span_id() if span_id is None else span_id
-        span = Span(
+        return Span(
             id=sid,
             trace_id=sid if trace_id is None else trace_id,
             name=name,
-            start_time=_now(UTC) if start_time is None else start_time,
+            start_time=datetime.now(UTC) if start_time is None else start_time,
             parent_id=parent_id,
             input=input,
             metadata=metadata,
-            type=type,
+            type=kind,
             group_id=group_id,
         )
-        self._emit_start(span)
-        return span
 
     def end_span(
         self,
@@ -329,6 +359,33 @@ class Tracer:
         ``{"type", "message"}`` dict) marks it failed, a cancellation as ``CANCELED``;
         ``status`` overrides both. Returns the span.
         """
+        self._finish(span, output, error, status, end_time)
+        self._emit_end(span)
+        return span
+
+    async def end_span_delivered(
+        self,
+        span: Span,
+        *,
+        output: Any = None,
+        error: BaseException | dict[str, Any] | None = None,
+        status: str | None = None,
+        end_time: datetime | None = None,
+    ) -> Span:
+        """``end_span`` that returns once the end is delivered; raises ``SpanDroppedError``
+        when it was dropped (see ``start_span_delivered``)."""
+        self._finish(span, output, error, status, end_time)
+        await self._deliver(span, completed=True)
+        return span
+
+    def _finish(
+        self,
+        span: Span,
+        output: Any,
+        error: BaseException | dict[str, Any] | None,
+        status: str | None,
+        end_time: datetime | None,
+    ) -> None:
         try:
             if output is not None:
                 span.output = output
@@ -341,15 +398,31 @@ class Tracer:
                 span.status = status
             elif span.status not in SPAN_STATUSES:
                 span.status = "SUCCESS"
-            end = _now(UTC) if end_time is None else end_time
+            end = datetime.now(UTC) if end_time is None else end_time
             start = span.start_time
             if isinstance(start, datetime) and _comparable(start, end) and end < start:
                 end = start  # the other process's clock may be behind this one's
             span.end_time = end
         except Exception as exc:  # a hostile span object; still report it
             self._processor_failed("end_span", exc)
-        self._emit_end(span)
-        return span
+
+    async def _deliver(self, span: Span, *, completed: bool) -> None:
+        """Hand ``span`` to every processor, awaiting those that deliver (in order)."""
+        for processor in self._processors:
+            if isinstance(processor, DeliveringProcessor):
+                # Awaited, and its SpanDroppedError is the caller's to see: that is the point.
+                if completed:
+                    await processor.deliver_end(span)
+                else:
+                    await processor.deliver_start(span)
+                continue
+            try:
+                if completed:
+                    processor.on_span_end(span)
+                else:
+                    processor.on_span_start(span)
+            except Exception as exc:  # a processor must never break the caller
+                self._processor_failed("on_span_end" if completed else "on_span_start", exc)
 
     def shutdown(self) -> None:
         """Call ``shutdown()`` on every processor, each isolated from the others."""
@@ -409,21 +482,6 @@ class Tracer:
     def _processor_failed(self, where: str, exc: Exception) -> None:
         self._processor_error_count += 1
         self._log.warning(f"processor:{where}", "a tracing processor's %s raised %r", where, exc)
-
-
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_new = object.__new__
-
-
-def _scope(tracer: Tracer, span: Span, new_trace: bool) -> SpanScope:
-    """``SpanScope(tracer, span, new_trace)`` with its slots set directly: the class call and
-    ``__init__`` frame cost 0.1 us of a span's ~5 (measured), and this runs for every span."""
-    scope: SpanScope = _new(SpanScope)
-    scope.tracer = tracer
-    scope.span = span
-    scope._new_trace = new_trace
-    scope._token = None
-    return scope
 
 
 def _comparable(a: datetime, b: datetime) -> bool:

@@ -3,8 +3,9 @@
 ``RecordingSink`` encodes every item with the client's own encoder (so anything the queue
 would refuse is refused here too, with the same ``InvalidSpanError``), re-validates it, and
 keeps the decoded JSON without its nulls. Like ``UpsertQueue`` it takes items both ways:
-``submit(item)`` and ``submit_prepared(...)`` (the processor's fast path); with
-``prepared=False`` it offers ``submit`` only, as a third-party sink would. ``spans()`` merges
+``submit(item)`` and ``submit_record(record)`` (the processor's fast path); with
+``prepared=False`` it says it takes no records (``takes_records``), as a third-party sink
+that offers ``submit`` only. ``spans()`` merges
 the records the way the server does (completed beats in-progress, otherwise the later one
 wins). ``violations`` lists broken
 invariants instead of raising, because a processor would swallow the exception.
@@ -17,9 +18,9 @@ from typing import Any
 
 import orjson
 
-from sgp_client import SpanItem
+from sgp_client import SpanItem, SpanRecord
 from sgp_client._models import validate_span_item
-from sgp_client._serialization import encode_fields, encode_item
+from sgp_client._serialization import encode_item, encode_record
 
 from ._span import datetime_from_ns
 
@@ -36,9 +37,8 @@ class RecordingSink:
         self.fail_with = fail_with
         self.records: list[dict[str, Any]] = []
         self.violations: list[str] = []
-        if not (self.PREPARED_DEFAULT if prepared is None else prepared):
-            # Shadowed on the instance: the processor looks it up with getattr.
-            self.__dict__["submit_prepared"] = None
+        #: Whether the processor may use ``submit_record`` (read once, by the processor).
+        self.takes_records = self.PREPARED_DEFAULT if prepared is None else prepared
 
     def submit(self, item: SpanItem, /) -> None:
         """Encode, check and record ``item``."""
@@ -51,41 +51,39 @@ class RecordingSink:
             self.violations.append(f"invalid item {item.id!r}: {exc}")
         self._record(encoded)
 
-    def submit_prepared(
-        self,
-        trace_id: str,
-        span_id: str,
-        parent_id: str | None,
-        name: str,
-        start: datetime | int,
-        end: datetime | int | None,
-        status: str | None,
-        kind: str | None,
-        content: bytes | None,
-        /,
-    ) -> None:
-        """``UpsertQueue.submit_prepared``: encode, check (as a ``SpanItem``) and record."""
+    def submit_record(self, record: SpanRecord, /) -> None:
+        """``UpsertQueue.submit_record``: encode, check (as a ``SpanItem``) and record."""
         if self.fail_with is not None:
             raise self.fail_with
-        encoded = encode_fields(
-            trace_id, span_id, parent_id, name, start, end, status, kind, content
-        )
+        if not self.takes_records:
+            self.violations.append(f"submit_record used on a sink that takes none: {record.id!r}")
+        encoded = encode_record(record)
+        start, end = record.start, record.end
         try:
             SpanItem(
-                name=name,
-                trace_id=trace_id,
-                id=span_id,
-                parent_id=parent_id,
+                name=record.name,
+                trace_id=record.trace_id,
+                id=record.id,
+                parent_id=record.parent_id,
+                group_id=record.group_id,
                 start_timestamp=datetime_from_ns(start) if isinstance(start, int) else start,
                 end_timestamp=datetime_from_ns(end) if isinstance(end, int) else end,
-                status=status,  # type: ignore[arg-type]
-                type=kind,  # type: ignore[arg-type]
-                **(orjson.loads(content) if content is not None else {}),
+                status=record.status,  # type: ignore[arg-type]
+                type=record.type,  # type: ignore[arg-type]
+                **(orjson.loads(record.content) if record.content is not None else {}),
             )
         except (ValueError, TypeError) as exc:
             # The processor promised checked fields: one that is not is a processor bug.
-            self.violations.append(f"invalid prepared item {span_id!r}: {exc}")
+            self.violations.append(f"invalid record {record.id!r}: {exc}")
         self._record(encoded)
+
+    async def upsert(self, item: SpanItem, /) -> None:
+        """``UpsertQueue.upsert``: ``submit``, delivered at once."""
+        self.submit(item)
+
+    async def upsert_record(self, record: SpanRecord, /) -> None:
+        """``UpsertQueue.upsert_record``: ``submit_record``, delivered at once."""
+        self.submit_record(record)
 
     def _record(self, encoded: bytes) -> None:
         # Nulls dropped: the encoder may send "not given" as null or leave the key out, and

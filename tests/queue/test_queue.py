@@ -34,6 +34,7 @@ from sgp_client import (
     QueueNotRunningError,
     QueueStats,
     SpanItem,
+    SpanRecord,
     UpsertQueue,
     encode_content,
 )
@@ -452,7 +453,7 @@ async def test_snapshot_at_submit(client: AsyncSGPClient, control: ServerControl
     assert stored(control)["k"]["input"] == {"question": "what?", "nested": {"n": 1}}
 
 
-async def test_submit_prepared_round_trips_and_coalesces_with_submit(
+async def test_submit_record_round_trips_and_coalesces_with_submit(
     client: AsyncSGPClient, control: ServerControl
 ) -> None:
     end = START + timedelta(seconds=2)
@@ -460,17 +461,19 @@ async def test_submit_prepared_round_trips_and_coalesces_with_submit(
     async with watching(queue), queue:
         # A start given as fields and its end as a SpanItem (and the other way round) are
         # one key: they merge into one write, the completed version winning.
-        queue.submit_prepared(
-            "trace-p", "a", None, "step-a", START, None, None, "TOOL",
+        queue.submit_record(SpanRecord(
+            "trace-p", "a", None, None, "step-a", START, None, None, "TOOL",
             encode_content({"input": {"q": 1}}),
-        )  # fmt: skip
+        ))  # fmt: skip
         queue.submit(span("a", trace="trace-p", end=True, version=2))
         queue.submit(span("b", trace="trace-p", version=1))
-        queue.submit_prepared(
-            "trace-p", "b", "a", "step-b", START, end, "ERROR", None,
+        queue.submit_record(SpanRecord(
+            "trace-p", "b", "a", None, "step-b", START, end, "ERROR", None,
             encode_content({"input": {"q": 2}, "output": {"a": 3}, "metadata": {"m": 4}}),
-        )  # fmt: skip
-        queue.submit_prepared("trace-p", "c", "a", "step-c", START, None, None, None, None)
+        ))  # fmt: skip
+        queue.submit_record(
+            SpanRecord("trace-p", "c", "a", None, "step-c", START, None, None, None, None)
+        )
         assert await queue.flush(timeout=5)
     assert_identity(queue.stats)
     assert (queue.stats.coalesced, queue.stats.delivered) == (2, 3)
@@ -485,26 +488,31 @@ async def test_submit_prepared_round_trips_and_coalesces_with_submit(
     assert (c["end_timestamp"], c.get("input"), c["status"]) == (None, None, None)
 
 
-async def test_submit_prepared_with_a_bad_field_drops_it_as_rejected(
+async def test_submit_record_with_a_bad_field_drops_it_as_rejected(
     client: AsyncSGPClient, control: ServerControl
 ) -> None:
     # The caller promised checked fields; one that breaks that promise is dropped, counted
     # and reported, and the rest of its batch is delivered.
     drops = DropLog()
     async with make_queue(client, on_drop=drops) as queue:
-        queue.submit_prepared("t", "good", None, "n", START, None, None, None, None)
-        queue.submit_prepared("t", "bad", None, "n", object(), None, None, None, None)  # type: ignore[arg-type]
-        queue.submit_prepared("t", "nul\x00id", None, "n", START, None, None, None, None)
+        queue.submit_record(SpanRecord("t", "good", None, None, "n", START, None, None, None, None))
+        bad_start: Any = object()
+        queue.submit_record(
+            SpanRecord("t", "bad", None, None, "n", bad_start, None, None, None, None)
+        )
+        queue.submit_record(
+            SpanRecord("t", "nul\x00id", None, None, "n", START, None, None, None, None)
+        )
         assert await queue.flush(timeout=5)
     assert_identity(queue.stats)
     assert queue.stats.dropped == {DropReason.REJECTED: 2}
     assert sorted(drops.ids(DropReason.REJECTED)) == ["bad", "nul\x00id"]
     assert set(stored(control)) == {"good"}
     with pytest.raises(QueueNotRunningError):
-        queue.submit_prepared("t", "late", None, "n", START, None, None, None, None)
+        queue.submit_record(SpanRecord("t", "late", None, None, "n", START, None, None, None, None))
 
 
-async def test_submit_prepared_is_redacted_field_by_field(app: Starlette) -> None:
+async def test_submit_record_is_redacted_field_by_field(app: Starlette) -> None:
     seen: list[bytes] = []
 
     def redactor(data: bytes) -> bytes:
@@ -522,10 +530,10 @@ async def test_submit_prepared_is_redacted_field_by_field(app: Starlette) -> Non
         ) as client,
         make_queue(client) as queue,
     ):
-        queue.submit_prepared(
-            "classified-trace", "classified-id", None, "classified name", START, None, None,
-            None, encode_content({"input": {"t": "classified"}, "metadata": {"k": 1}}),
-        )  # fmt: skip
+        queue.submit_record(SpanRecord(
+            "classified-trace", "classified-id", None, None, "classified name", START, None,
+            None, None, encode_content({"input": {"t": "classified"}, "metadata": {"k": 1}}),
+        ))  # fmt: skip
     [row] = control.store.all_spans()
     assert (row["trace_id"], row["id"]) == ("classified-trace", "classified-id")
     assert (row["name"], row["input"], row["metadata"]) == (
@@ -772,7 +780,7 @@ async def test_shedding_by_pending_bytes(client: AsyncSGPClient, control: Server
         queue.submit(span("e", end=True, input={"text": "x" * 300}))
         assert drops.ids(DropReason.SHED_START) == ["d", "a"]
         # The memory bound holds in bytes too.
-        assert queue.stats.pending_bytes <= queue.max_pending_bytes
+        assert queue.stats.pending_bytes <= queue.config.max_pending_bytes
         assert_identity(queue.stats)
         assert await queue.flush(timeout=5)
     assert sorted(stored(control)) == ["b", "c", "e"]

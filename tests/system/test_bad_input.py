@@ -385,7 +385,7 @@ _HOSTILE_TZ_CHILD = textwrap.dedent(
     """
     import datetime as dt, sys
     from sgp_client import InvalidSpanError, SpanItem
-    from sgp_client._serialization import encode_item, encode_snapshot
+    from sgp_client._serialization import encode_item, encode_record, record_of
 
     class Broken(dt.tzinfo):
         def utcoffset(self, d):
@@ -406,7 +406,7 @@ _HOSTILE_TZ_CHILD = textwrap.dedent(
         sys.exit(3)
     # Accepted: the queue would encode it in its dispatcher. orjson calls utcoffset() itself.
     try:
-        encode_snapshot(item, None)
+        encode_record(record_of(item))
     except Exception as exc:
         print("encode raised", type(exc).__name__)
         sys.exit(4)

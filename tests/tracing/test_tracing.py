@@ -11,14 +11,14 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import sgp_tracing
-from sgp_client import SpanItem
-from sgp_client._serialization import format_ns
+from sgp_client import SpanItem, plain_record, record_of
+from sgp_client._record import format_ns
+from sgp_client._serialization import encode_record
 from sgp_tracing import (
     SGPTracingProcessor,
     Span,
@@ -27,8 +27,7 @@ from sgp_tracing import (
     current_span,
     traced,
 )
-from sgp_tracing._items import TRUSTED, make_item
-from sgp_tracing._span import RAW_START, datetime_from_ns
+from sgp_tracing._span import datetime_from_ns, start_clock
 from sgp_tracing.testing import RecordingSink
 
 # Every processor test runs through both of a sink's entry points (see conftest).
@@ -439,7 +438,7 @@ async def test_a_tracer_span_reads_as_aware_datetimes_that_round_trip(sink_path:
     before = datetime.now(UTC)
     async with tracer.span("timed") as span:
         # Still the clock reading, unless a submit-only sink needed a datetime item.
-        assert isinstance(RAW_START.__get__(span), int) is (sink_path == "prepared")
+        assert (span._start_ns is not None) is (sink_path == "prepared")
         await anyio.lowlevel.checkpoint()
     after = datetime.now(UTC)
     start, end = span.start_time, span.end_time
@@ -448,7 +447,8 @@ async def test_a_tracer_span_reads_as_aware_datetimes_that_round_trip(sink_path:
     assert start.tzinfo is UTC
     assert end.tzinfo is UTC
     assert before - timedelta(milliseconds=1) <= start <= end <= after + timedelta(milliseconds=1)
-    assert RAW_START.__get__(span) is start  # converted once, then kept
+    assert span._start_ns is None
+    assert span.start_time is start  # converted once, then kept
     assert Span.from_dict(span.to_dict()) == span
     assert Span.from_dict(json.loads(json.dumps(span.to_dict()))) == span
     record = sink.by_name("timed")
@@ -469,7 +469,7 @@ async def test_times_set_by_hand_mix_with_clock_readings() -> None:
     assert span.end_time >= given_start
     # A clock-read start ended elsewhere with an explicit datetime end.
     started = tracer.start_span("explicit")
-    RAW_START.__set__(started, 1_700_000_000_123_456_789)
+    start_clock(started, 1_700_000_000_123_456_789)
     tracer.end_span(started, end_time=datetime(2023, 11, 14, 22, 13, 21, tzinfo=UTC))
     # A naive start set by hand never breaks the block.
     async with tracer.span("naive") as span:
@@ -616,11 +616,10 @@ async def test_tracer_without_processors_is_a_no_op() -> None:
     assert span.status == "SUCCESS"
 
 
-# -- the trusted item constructor ---------------------------------------------------------
+# -- the fast path's record -----------------------------------------------------------------
 
 
-def test_trusted_items_equal_validated_items() -> None:
-    assert TRUSTED  # the fast path is really in use with the current SpanItem
+def test_plain_records_equal_the_records_of_validated_items() -> None:
     now = datetime.now(UTC)
     fields: dict[str, Any] = {
         "name": "n",
@@ -636,12 +635,12 @@ def test_trusted_items_equal_validated_items() -> None:
         "output": None,
         "metadata": {"m": "v"},
     }
-    trusted = make_item(
-        fields["name"],
+    fast = plain_record(
         fields["trace_id"],
         fields["id"],
         fields["parent_id"],
         fields["group_id"],
+        fields["name"],
         fields["start_timestamp"],
         fields["end_timestamp"],
         fields["status"],
@@ -649,13 +648,13 @@ def test_trusted_items_equal_validated_items() -> None:
         fields["input"],
         fields["output"],
         fields["metadata"],
+        10_000,
     )
-    validated = SpanItem(**fields)
-    assert trusted == validated
-    assert trusted.completed
-    assert orjson.loads(orjson.dumps(trusted.__dict__)) == orjson.loads(
-        orjson.dumps(validated.__dict__)
-    )
+    validated = record_of(SpanItem(**fields))
+    assert fast == validated
+    assert fast is not None
+    assert fast.completed
+    assert encode_record(fast) == encode_record(validated)
 
 
 def test_fast_span_constructor_equals_the_attrs_one() -> None:
@@ -676,13 +675,3 @@ def test_fast_span_constructor_equals_the_attrs_one() -> None:
     )
     assert fast == slow
     assert repr(fast) == repr(slow)
-
-
-def test_fast_scope_constructor_sets_what_init_sets() -> None:
-    from sgp_tracing._tracer import SpanScope, _scope
-
-    tracer, _, _ = make_tracer()
-    span = Span(id="s", trace_id="t", name="n", start_time=datetime.now(UTC))
-    fast, slow = _scope(tracer, span, True), SpanScope(tracer, span, True)
-    for slot in SpanScope.__slots__:
-        assert getattr(fast, slot) is getattr(slow, slot), slot

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sgp_client import InvalidSpanError, QueueNotRunningError, SpanItem
+from sgp_client import InvalidSpanError, QueueNotRunningError, SpanItem, SpanRecord
 from sgp_client._models import validate_span_item
 from sgp_tracing import SGPTracingProcessor, Span, Tracer, to_json_safe
 from sgp_tracing._coerce import CYCLE_MARKER, DEPTH_MARKER
@@ -265,7 +265,7 @@ def test_sink_refusing_the_fast_item_gets_the_converted_one() -> None:
 
     class PickyPreparedSink(RecordingSink):
         # Refuses the fast path's fields: the converted SpanItem goes to submit instead.
-        def submit_prepared(self, *fields: Any) -> None:
+        def submit_record(self, record: SpanRecord, /) -> None:
             raise InvalidSpanError("name", "this sink checks more than the processor")
 
     picky = PickyPreparedSink(prepared=True)
