@@ -38,7 +38,10 @@ async def serve(port: int, worker_id: int, *, stateful: bool) -> None:
             message = await wire.receive()
             op = message["op"]
             if op == "start":
-                span = tracer.start_span(
+                # The span's dict leaves this process next: its start is delivered first, or
+                # another worker's end could land before it (reopening the span on SGP's
+                # legacy store). The stateful processor has no awaited path: fire and forget.
+                span = await tracer.start_span_delivered(
                     message["name"],
                     trace_id=message["trace_id"],
                     parent_id=message.get("parent_id"),
@@ -47,11 +50,6 @@ async def serve(port: int, worker_id: int, *, stateful: bool) -> None:
                     type=message.get("type"),
                     metadata={"worker": worker_id},
                 )
-                # The span's dict is about to leave this process: its start is delivered
-                # first, or another worker's end could land before it (reopening the span
-                # on SGP's legacy store).
-                # TODO(integration): `await processor.deliver_start(span)` (track core).
-                await queue.flush()
                 await wire.send({"task": message["task"], "span": span.to_dict()})
             elif op == "end":
                 span = Span.from_dict(message["span"])

@@ -62,7 +62,7 @@ from temporalio.plugin import SimplePlugin
 from temporalio.worker import Worker, WorkerConfig, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
-from sgp_client import AsyncSGPClient, SGPError, UpsertQueue
+from sgp_client import AsyncSGPClient, QueueNotRunningError, UpsertQueue
 
 from ._processor import SGPTracingProcessor
 from ._ratelimit import RateLimitedLog, logger
@@ -164,21 +164,6 @@ async def end_span(
 # -- worker side -------------------------------------------------------------------------
 
 
-async def _deliver(
-    processor: SGPTracingProcessor, queue: UpsertQueue, span: Span, *, end: bool
-) -> None:
-    """Write ``span``'s start or end; return once delivered, raise ``SGPError`` if dropped."""
-    # TODO(integration): the body becomes
-    #   await (processor.deliver_end if end else processor.deliver_start)(span)
-    # Interim: submit, then flush (which wakes the dispatcher at once); any queue drop while
-    # we waited fails the activity, which Temporal retries (the upsert is idempotent).
-    before = queue.stats.dropped_total
-    (processor.on_span_end if end else processor.on_span_start)(span)
-    await queue.flush()
-    if queue.stats.dropped_total > before:
-        raise SGPError(f"span {span.id}: a write was dropped while this one was awaited")
-
-
 class _WorkerTracing:
     """The process's client, queue and processor, and the two activities that use them."""
 
@@ -233,8 +218,9 @@ class _WorkerTracing:
             UpsertQueue(client, **self._queue_options) as queue,
         ):
             self.queue = queue
-            # TODO(integration): pass send_starts=self._send_starts (track core's option).
-            self.processor = SGPTracingProcessor(queue, **self._processor_options)
+            self.processor = SGPTracingProcessor(
+                queue, send_starts=self._send_starts, **self._processor_options
+            )
             opened.set()
             await stop.wait()
 
@@ -251,13 +237,15 @@ class _WorkerTracing:
         span = self._span(payload)
         if span is None:
             return
-        if not end and not self._send_starts:
-            return  # TODO(integration): the processor's send_starts=False does this.
-        processor, queue = self.processor, self.queue
-        if processor is None or queue is None:
+        processor = self.processor
+        if processor is None:
             # An activity outside a worker run: fail the attempt, Temporal retries elsewhere.
-            raise SGPError("sgp_tracing.temporal: the worker's tracing queue is not running")
-        await _deliver(processor, queue, span, end=end)
+            raise QueueNotRunningError("sgp_tracing.temporal: the worker's queue is not running")
+        # Returns once the write is delivered (the dispatcher sends at once, sharing the
+        # request with the writes other activities await meanwhile); SpanDroppedError when
+        # it was dropped, which fails the attempt: Temporal retries it (the upsert is
+        # idempotent). With send_starts=False a start returns at once.
+        await (processor.deliver_end if end else processor.deliver_start)(span)
 
     @activity.defn(name=START_SPAN_ACTIVITY)
     async def start_span(self, payload: dict[str, Any]) -> None:

@@ -54,10 +54,8 @@ async def test_a_start_delivered_before_the_span_leaves_is_never_reopened(
     store_app: Starlette,
 ) -> None:
     control = get_control(store_app)
-    async with process(store_app) as (tracer_a, queue_a), process(store_app) as (tracer_b, queue_b):
-        span = tracer_a.start_span("activity", trace_id="wf-1", input={"x": 1})
-        # TODO(integration): `await processor.deliver_start(span)` (track core).
-        assert await queue_a.flush(timeout=10)
+    async with process(store_app) as (tracer_a, _), process(store_app) as (tracer_b, queue_b):
+        span = await tracer_a.start_span_delivered("activity", trace_id="wf-1", input={"x": 1})
         payload = span.to_dict()  # only now does the span leave process A
         tracer_b.end_span(Span.from_dict(payload), output={"y": 2})
         assert await queue_b.flush(timeout=10)
