@@ -223,6 +223,11 @@ def main() -> None:
     args = parser.parse_args()
     report = asyncio.run(_serve(args))
     _say({"report": report})
+    # Everything is delivered and reported. Skip interpreter finalization: temporalio's core
+    # threads can still be releasing the GIL then, which aborts the process (seen in a demo
+    # run: "Fatal Python error: PyGILState_Release ... finalizing").
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
