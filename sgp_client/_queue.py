@@ -260,8 +260,8 @@ class UpsertQueue:
             self._raise_not_running()
         # plain_record and record_of fill in the size estimate; a record built by hand may not.
         size = record.size or estimate_size(record)
-        self._pending.enqueue(record, size, self._client.redact, None)
-        self._dispatcher.on_submit()
+        if self._pending.enqueue(record, size, self._client.redact, None):
+            self._dispatcher.on_submit()
 
     async def upsert(self, item: SpanItem) -> None:
         """Submit ``item`` and wait until that write is delivered.
@@ -315,8 +315,8 @@ class UpsertQueue:
             await self._room.wait()
         if not self._running:
             self._raise_not_running()
-        self._pending.enqueue(record, size, self._client.redact, None)
-        self._dispatcher.on_submit()
+        if self._pending.enqueue(record, size, self._client.redact, None):
+            self._dispatcher.on_submit()
 
     def _raise_not_running(self) -> NoReturn:
         if os.getpid() != self._pid:

@@ -73,7 +73,8 @@ class Dispatcher:
         self._wake.set()
 
     def on_submit(self) -> None:
-        """Called after each submitted item: wake the dispatcher if that made a batch due."""
+        """Called when a submitted item is news (``PendingMap.enqueue``): wake the
+        dispatcher if it sleeps without a deadline, or if that made a batch due."""
         if self._idle:
             # The dispatcher sleeps without a deadline: start the flush_interval clock.
             self._idle = False

@@ -170,14 +170,18 @@ class PendingMap:
 
     def enqueue(
         self, record: SpanRecord, size: int, redact: Redactor | None, waiter: Waiter | None
-    ) -> None:
+    ) -> bool:
         """Take one record (``size``: an upper estimate of its encoded size).
 
         Appends to the intake; once memory looks full, folds, measures and sheds instead.
+        Returns True when this record is news for the dispatcher: it started the intake (the
+        ``flush_interval`` clock starts), or the intake now holds a batch's worth of items
+        or bytes. (Asking the dispatcher after every record cost 0.1 us a record, measured:
+        5% of the hot-path row.)
         """
         if self.is_full(size):
             self._enqueue_when_full(record, size, redact, waiter)
-            return
+            return False
         intake = self.intake
         if not intake:
             self.intake_since = time.monotonic()
@@ -187,6 +191,12 @@ class PendingMap:
         self.pending_bytes += size
         if waiter is not None:
             self._intake_waiters.setdefault((record.trace_id, record.id), []).append(waiter)
+        config = self._config
+        return (
+            len(intake) == 1
+            or len(intake) >= config.max_batch_size
+            or self.pending_bytes >= config.max_batch_bytes
+        )
 
     def _enqueue_when_full(
         self, record: SpanRecord, size: int, redact: Redactor | None, waiter: Waiter | None

@@ -35,11 +35,11 @@ from ._span import Span
 from ._tracer import SpanScope, Tracer, current_span, traced
 
 __all__ = [
-    "DEFAULT_MAX_PAYLOAD_BYTES",
-    "ERROR_METADATA_KEY",
     "AwaitableRecordSink",
     "AwaitableSink",
+    "DEFAULT_MAX_PAYLOAD_BYTES",
     "DeliveringProcessor",
+    "ERROR_METADATA_KEY",
     "ProcessorStats",
     "RecordSink",
     "SGPTracingProcessor",

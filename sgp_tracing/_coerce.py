@@ -25,6 +25,9 @@ from uuid import UUID
 import attrs
 import orjson
 
+# The queue encodes with exactly these options, so "orjson accepts it" means "the queue will".
+from sgp_client._constants import DUMPS_OPTIONS
+
 __all__ = [
     "CYCLE_MARKER",
     "DEPTH_MARKER",
@@ -43,8 +46,6 @@ BUDGET_MARKER: Final = "[truncated: too many values]"
 #: Key of the marker object that replaces a payload over the size limit.
 TRUNCATED_KEY: Final = "__truncated__"
 
-# The queue encodes with exactly these options, so "orjson accepts it" means "the queue will".
-_DUMPS: Final = orjson.OPT_NAIVE_UTC
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
 _SURROGATES: Final = re.compile("[\ud800-\udfff]")
@@ -220,7 +221,7 @@ def to_json_safe(
     try:
         # orjson round trip: fast, and it already converts datetimes, enums, dataclasses and
         # UUIDs. Non-str keys are refused here on purpose: the walker stringifies them.
-        return orjson.loads(orjson.dumps(value, option=_DUMPS))
+        return orjson.loads(orjson.dumps(value, option=DUMPS_OPTIONS))
     except Exception:  # anything orjson refuses takes the walk
         return _Walker(max_depth=max_depth, max_nodes=max_nodes, max_str=max_str).walk(value, 0)
 
@@ -263,7 +264,7 @@ class PayloadFitter:
                 value = {"value": converted}
             return self._bounded(value, counts)
         try:
-            encoded = orjson.dumps(value, option=_DUMPS)
+            encoded = orjson.dumps(value, option=DUMPS_OPTIONS)
         except Exception:  # e.g. a Mapping whose items() raises
             _count(counts, "not_json")
         else:
@@ -288,7 +289,7 @@ class PayloadFitter:
 
     def _bounded(self, value: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
         try:
-            encoded = orjson.dumps(value, option=_DUMPS)
+            encoded = orjson.dumps(value, option=DUMPS_OPTIONS)
         except Exception as exc:  # cannot happen for walked values; be safe
             _count(counts, "not_json")
             return {TRUNCATED_KEY: True, "error": f"{type(exc).__name__}: {exc}"[:200]}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import reprlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -179,12 +179,16 @@ class SGPTracingProcessor:
     """
 
     __slots__ = (
+        "_awaitable",
+        "_awaitable_records",
         "_coerced",
         "_default_type",
         "_dropped",
         "_fitter",
         "_log",
         "_max_bytes",
+        "_max_content_bytes",
+        "_open",
         "_send_starts",
         "_sink",
         "_submit",
@@ -212,10 +216,15 @@ class SGPTracingProcessor:
         self._submit_record = (
             sink.submit_record if isinstance(sink, RecordSink) and sink.takes_records else None
         )
+        # What deliver_start / deliver_end await, if the sink offers it.
+        self._awaitable = sink if isinstance(sink, AwaitableSink) else None
+        self._awaitable_records = sink if isinstance(sink, AwaitableRecordSink) else None
         self._default_type = default_type
         self._send_starts = send_starts
         self._fitter = PayloadFitter(max_payload_bytes)
         self._max_bytes = max_payload_bytes
+        self._max_content_bytes = max_payload_bytes + _CONTENT_KEYS_BYTES
+        self._open = True
         self._coerced: dict[str, int] = {}
         self._dropped: dict[str, int] = {}
         self._log = RateLimitedLog(log, interval=log_interval)
@@ -230,32 +239,27 @@ class SGPTracingProcessor:
     def on_span_start(self, span: Span, /) -> None:
         """Submit the in-progress item of ``span`` (no end, no status)."""
         if self._send_starts:
-            self._event(span, False)
+            self._event(span, False, self._submit_record, self._submit)
 
     def on_span_end(self, span: Span, /) -> None:
         """Submit the completed item of ``span``: everything its start had, plus the end."""
-        self._event(span, True)
+        self._event(span, True, self._submit_record, self._submit)
 
-    def _event(self, span: Span, completed: bool) -> None:
-        """The one implementation of both events: build the item of ``span``, submit it."""
-        built = self._build(span, completed, self._submit_record is not None)
-        if built is None:
-            return
-        try:
-            if type(built) is SpanRecord:
-                self._submit_record(built)  # type: ignore[misc]  # not None: asked for records
-            else:
-                self._submit(built)  # type: ignore[arg-type]
-        except Exception as exc:  # the sink's problem, never the caller's
-            self._sink_failed(exc, span, completed=completed)
-
-    def _build(self, span: Span, completed: bool, records: bool) -> SpanRecord | SpanItem | None:
-        """The record (``records``) or item of a span event; None when dropped (counted).
+    def _event(
+        self,
+        span: Span,
+        completed: bool,
+        submit_record: Callable[[SpanRecord], object] | None,
+        submit: Callable[[SpanItem], object],
+    ) -> None:
+        """The one implementation of both events: build the item of ``span``, hand it over.
 
         The usual event becomes a record in one call (``plain_record``: the shape check and
-        the payload snapshot, which also measures them); anything else, or a sink that
-        takes no records, gets a ``SpanItem``.
+        the payload snapshot, which also measures them), for ``submit_record`` when given;
+        anything else, or a sink that takes no records, becomes a ``SpanItem`` for
+        ``submit``. Problems are counted, never raised.
         """
+        item: SpanItem | None
         try:
             record: SpanRecord | None = None
             name = span.name
@@ -302,31 +306,42 @@ class SGPTracingProcessor:
                         span.input,
                         span.output,
                         span.metadata,
-                        self._max_bytes + _CONTENT_KEYS_BYTES,
+                        self._max_content_bytes,
                     )
             if record is None:
-                return self._slow_item(span, completed=completed, force=False)
-            if records:
-                return record
-            # A sink without records: the same fields as a SpanItem, datetimes included.
-            return SpanItem(
-                name=record.name,
-                trace_id=record.trace_id,
-                start_timestamp=span.start_time,
-                id=record.id,
-                parent_id=record.parent_id,
-                group_id=record.group_id,
-                end_timestamp=span.end_time if completed else None,
-                status=record.status,  # type: ignore[arg-type]
-                type=record.type,  # type: ignore[arg-type]
-                input=span.input,
-                output=span.output,
-                metadata=span.metadata,
-            )
+                item = self._slow_item(span, completed=completed, force=False)
+                if item is None:
+                    return
+            elif submit_record is not None:
+                try:
+                    submit_record(record)
+                except Exception as exc:  # the sink's problem, never the caller's
+                    self._sink_failed(exc, span, completed=completed)
+                return
+            else:
+                # A sink without records: the same fields as a SpanItem, datetimes included.
+                item = SpanItem(
+                    name=record.name,
+                    trace_id=record.trace_id,
+                    start_timestamp=span.start_time,
+                    id=record.id,
+                    parent_id=record.parent_id,
+                    group_id=record.group_id,
+                    end_timestamp=span.end_time if completed else None,
+                    status=record.status,  # type: ignore[arg-type]
+                    type=record.type,  # type: ignore[arg-type]
+                    input=span.input,
+                    output=span.output,
+                    metadata=span.metadata,
+                )
         except Exception as exc:  # e.g. a duck-typed span whose attribute raises
             event = "end" if completed else "start"
             self._drop("processor_error", "building the %s of a span failed: %r", event, exc)
-            return None
+            return
+        try:
+            submit(item)
+        except Exception as exc:  # the sink's problem, never the caller's
+            self._sink_failed(exc, span, completed=completed)
 
     # -- awaited delivery ---------------------------------------------------------------
 
@@ -351,19 +366,26 @@ class SGPTracingProcessor:
         await self._deliver(span, True)
 
     async def _deliver(self, span: Span, completed: bool) -> None:
-        sink: object = self._sink
-        if not isinstance(sink, AwaitableSink):
-            raise TypeError(f"{type(sink).__name__} has no awaitable upsert(item)")
-        records = isinstance(sink, AwaitableRecordSink) and self._submit_record is not None
-        built = self._build(span, completed, records)
-        if built is None:
+        sink = self._awaitable
+        if sink is None:
+            raise TypeError(f"{type(self._sink).__name__} has no awaitable upsert(item)")
+        if not self._open:
+            self._drop("shutdown", "span %r dropped: the processor is shut down", span.id)
             return
+        record_sink = self._awaitable_records
+        records = record_sink is not None and self._submit_record is not None
+        # The same build as on_span_start / on_span_end, handed to a list instead of the sink.
+        built: list[SpanRecord | SpanItem] = []
+        self._event(span, completed, built.append if records else None, built.append)
+        if not built:
+            return  # the processor could not make an item of it: counted
         try:
-            if type(built) is SpanRecord:
-                assert isinstance(sink, AwaitableRecordSink)  # records were asked for
-                await sink.upsert_record(built)
+            [write] = built
+            if isinstance(write, SpanRecord):
+                assert record_sink is not None  # records were asked for
+                await record_sink.upsert_record(write)
             else:
-                await sink.upsert(built)  # type: ignore[arg-type]
+                await sink.upsert(write)
         except InvalidSpanError:
             # The sink refused what the fast path let through: convert everything, once.
             item = self._slow_item(span, completed=completed, force=True)
@@ -398,6 +420,7 @@ class SGPTracingProcessor:
     def shutdown(self) -> None:
         """Stop submitting; later events are dropped (``shutdown``). The sink is not closed:
         whoever opened it (``async with UpsertQueue(...)``) owns its lifecycle."""
+        self._open = False
         self._submit = self._closed
         self._submit_record = None  # so every event reaches _closed
 

@@ -16,9 +16,8 @@ microsecond.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import attrs
@@ -32,7 +31,6 @@ __all__ = [
     "Span",
     "datetime_from_ns",
     "end_clock",
-    "end_now",
     "new_span",
     "start_clock",
 ]
@@ -190,26 +188,6 @@ def start_clock(span: Span, ns: int) -> None:
 def end_clock(span: Span, ns: int) -> None:
     """Record the tracer's clock reading as the span's end."""
     span._end_time, span._end_ns = None, ns
-
-
-def end_now(span: Span) -> None:
-    """End ``span`` now, never before its start (a clock may step back).
-
-    A clock reading when the start is one; else a datetime (the block replaced
-    ``start_time``, with a datetime or worse: then the processor sorts it out).
-    """
-    start_ns = span._start_ns
-    if start_ns is not None:
-        end_ns = time.time_ns()
-        span._end_time, span._end_ns = None, end_ns if end_ns >= start_ns else start_ns
-        return
-    start: Any = span._start_time
-    end = datetime.now(UTC)
-    try:
-        later = end >= start
-    except Exception:  # naive, or not a time at all
-        later = True
-    span.end_time = end if later else start
 
 
 _new = object.__new__

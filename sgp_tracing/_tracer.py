@@ -32,7 +32,7 @@ from sgp_client._constants import EPOCH
 from ._coerce import fix_str
 from ._processor import DeliveringProcessor, TracingProcessor
 from ._ratelimit import RateLimitedLog, logger
-from ._span import Span, end_now, new_span
+from ._span import Span, new_span
 
 __all__ = ["SpanScope", "Tracer", "current_span", "traced"]
 
@@ -94,7 +94,18 @@ class SpanScope:
         tb: TracebackType | None,
     ) -> None:
         span = self.span
-        end_now(span)
+        start_ns = span._start_ns
+        if start_ns is not None:
+            end_ns = time.time_ns()
+            span._end_ns = end_ns if end_ns >= start_ns else start_ns  # the clock may step back
+        else:  # the block replaced start_time (with a datetime, or worse)
+            start: Any = span._start_time
+            end_time = datetime.now(UTC)
+            try:
+                later = end_time >= start
+            except Exception:  # naive, or not a time at all: the processor sorts it out
+                later = True
+            span.end_time = end_time if later else start
         if exc is not None:
             record_error(span, exc)
         elif span.status is None:
