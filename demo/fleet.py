@@ -12,7 +12,7 @@ import random
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import anyio
 import attrs
@@ -79,6 +79,9 @@ class _Worker:
     async def stop(self) -> None:
         async with self._send_lock:
             await self._wire.send({"op": "stop"})
+
+    async def aclose(self) -> None:
+        await self._wire.aclose()
 
 
 class _Fleet:
@@ -213,6 +216,8 @@ async def run_fleet(
         for handle in handles:
             await handle.finished.wait()
         group.cancel_scope.cancel()
+    for handle in handles:
+        await handle.aclose()
     result.seconds = time.perf_counter() - started
     result.worker_reports = [handle.final for handle in handles if handle.final is not None]
     for process in processes:
@@ -257,8 +262,15 @@ def _print_progress(result: FleetResult, runs: int, *, final: bool) -> None:
     sys.stderr.flush()
 
 
-async def read_back(client: AsyncSGPClient, result: FleetResult) -> dict[str, int]:
-    """Count what the server stored for the demo's traces: found, completed, stuck running."""
+class HasSpanIds(Protocol):
+    """A fleet's result: the span ids it made, each with its trace id."""
+
+    @property
+    def span_ids(self) -> dict[str, str]: ...
+
+
+async def read_back(client: AsyncSGPClient, result: HasSpanIds) -> dict[str, int]:
+    """Count what the server stored for a fleet's traces: found, completed, stuck running."""
     trace_ids = sorted(set(result.span_ids.values()))
     found = completed = 0
     seen: set[str] = set()

@@ -3,7 +3,8 @@ worker runs activities, and reports its counters at the end.
 
 Each worker has its own client, queue, processor and tracer. ``start`` activities start a span
 and hand back ``span.to_dict()``; ``end`` activities rebuild the span with ``Span.from_dict``
-and end it, usually in another worker than the one that started it.
+and end it, usually in another worker than the one that started it. A start is delivered
+before its span's dict is handed back: the cross-process guarantee.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ async def serve(port: int, worker_id: int, *, stateful: bool) -> None:
             message = await wire.receive()
             op = message["op"]
             if op == "start":
-                span = tracer.start_span(
+                # The span's dict leaves this process next: its start is delivered first, or
+                # another worker's end could land before it (reopening the span on SGP's
+                # legacy store). The stateful processor has no awaited path: fire and forget.
+                span = await tracer.start_span_delivered(
                     message["name"],
                     trace_id=message["trace_id"],
                     parent_id=message.get("parent_id"),

@@ -6,6 +6,7 @@
   fast backoff so retry tests stay quick.
 - ``server_process`` (session) / ``server`` (per test, reset first): the same server over
   loopback HTTP in a child process.
+- ``temporal_server`` (session): Temporal's dev server in a child process (Temporal tests).
 
 Plain helpers (constants, span builders, client factories) are in ``tests/_helpers.py``.
 """
@@ -13,6 +14,7 @@ Plain helpers (constants, span builders, client factories) are in ``tests/_helpe
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from starlette.applications import Starlette
@@ -28,6 +30,9 @@ from sgp_client.testing import (
 # Re-exported: the brief names ``tests.conftest.FAST_BACKOFF``; new code imports ``tests._helpers``.
 from tests._helpers import FAST_BACKOFF as FAST_BACKOFF
 from tests._helpers import in_process_client
+
+if TYPE_CHECKING:
+    from demo.devserver import TemporalDevServer
 
 
 @pytest.fixture
@@ -76,3 +81,13 @@ def sink_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(RecordingSink, "PREPARED_DEFAULT", request.param == "prepared")
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def temporal_server() -> Iterator[TemporalDevServer]:
+    """Temporal's dev server (``temporal server start-dev``, in memory) on free loopback
+    ports for the whole session, stopped by its PID at the end."""
+    from demo.devserver import TemporalDevServer
+
+    with TemporalDevServer() as dev:
+        yield dev

@@ -29,7 +29,7 @@ SCENARIOS: dict[str, str] = {
     "pending-memory": "pending_memory",
     "scaling": "scaling",
     "fleet": "fleet",
-    # Track temporal adds "temporal-fleet": "temporal_fleet" here.
+    "temporal-fleet": "temporal_fleet",
 }
 
 
