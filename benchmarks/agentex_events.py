@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -76,11 +76,15 @@ def make_spans(count: int, *, temporal: bool, prefix: str = "span") -> list[Any]
     return spans
 
 
+def _unchanged(value: Any) -> Any:
+    return value
+
+
 @contextmanager
 def _without_normalization(enabled: bool) -> Iterator[None]:
-    original: Callable[[Any], Any] = adapter_module._utc
+    original = adapter_module._utc
     if enabled:
-        adapter_module._utc = lambda value: value
+        adapter_module._utc = _unchanged
     try:
         yield
     finally:

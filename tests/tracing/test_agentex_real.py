@@ -12,6 +12,7 @@ through Temporal's pydantic data converter as a worker would (the real fleet is 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -26,6 +27,17 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 pytest.importorskip(
     "agentex", reason="agentex-sdk (Python >= 3.12 only) is not installed: pip install '.[agentex]'"
 )
+
+
+def _logger_settings() -> dict[str, tuple[int, list[Any]]]:
+    loggers = logging.root.manager.loggerDict.items()
+    return {n: (lg.level, list(lg.filters)) for n, lg in loggers if isinstance(lg, logging.Logger)}
+
+
+# Importing agentex's activities imports litellm, which sets loggers it does not own (httpx to
+# WARNING) and adds filters to others: for the rest of the session, other tests' log
+# assertions would see that. What existed before is put back right after the imports.
+_LOGGERS_BEFORE = _logger_settings()
 
 import agentex.lib.environment_variables as agentex_env
 from agentex import AsyncAgentex
@@ -60,6 +72,11 @@ from sgp_tracing.agentex import (
     registered,
     unregister,
 )
+
+for _name, (_level, _filters) in _LOGGERS_BEFORE.items():
+    _logger = logging.getLogger(_name)
+    _logger.setLevel(_level)
+    _logger.filters[:] = _filters
 
 
 @pytest.fixture
