@@ -33,9 +33,12 @@ FAST_BACKOFF = Backoff(initial=0.001, maximum=0.01)
 
 
 @pytest.fixture
-def app() -> Starlette:
-    """A fresh in-process server with an in-memory store and the default key/account."""
-    return create_app()
+def app() -> Iterator[Starlette]:
+    """A fresh in-process server with an in-memory store and the default key/account
+    (its store closed after the test)."""
+    app = create_app()
+    yield app
+    get_control(app).close()
 
 
 @pytest.fixture

@@ -16,7 +16,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any, cast
 
-from ._app import ABORT_SCOPE_KEY, DEFAULT_ACCOUNT_ID, ConnectionDropped, create_app
+from ._app import (
+    ABORT_SCOPE_KEY,
+    DEFAULT_ACCOUNT_ID,
+    DEFAULT_MAX_BODY_BYTES,
+    ConnectionDropped,
+    create_app,
+)
+from ._store import STORE_KINDS
 
 __all__ = ["main"]
 
@@ -39,12 +46,31 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--prefix", default="/public", help="API path prefix (default /public)")
     serve.add_argument("--db", default=":memory:", help="SQLite file, or :memory: (default)")
     serve.add_argument(
+        "--store",
+        choices=STORE_KINDS,
+        default="tracing",
+        help="upsert rule: SGP's tracing service (default) or its legacy store (id alone, "
+        "last write wins)",
+    )
+    serve.add_argument(
         "--api-key",
         action="append",
         type=_parse_api_key,
         default=[],
         metavar="KEY[:ACCOUNT]",
         help="accepted API key and its account (repeatable; default: the dev key)",
+    )
+    serve.add_argument(
+        "--no-mask-credentials",
+        dest="mask_credentials",
+        action="store_false",
+        help="store credential-shaped values as sent (the real API masks them)",
+    )
+    serve.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help=f"largest request body read, else 413 (default {DEFAULT_MAX_BODY_BYTES})",
     )
     serve.add_argument("--log-level", default="warning", help="uvicorn log level (warning)")
     return parser
@@ -70,7 +96,14 @@ def _serve(args: argparse.Namespace) -> None:
             cast(dict[str, Any], self.scope)[ABORT_SCOPE_KEY] = self.transport.abort
 
     api_keys = dict(args.api_key) if args.api_key else None
-    app = create_app(db=args.db, api_keys=api_keys, prefix=args.prefix)
+    app = create_app(
+        db=args.db,
+        store=args.store,
+        api_keys=api_keys,
+        prefix=args.prefix,
+        mask_credentials=args.mask_credentials,
+        max_body_bytes=args.max_body_bytes,
+    )
     prefix = app.state.sgp.prefix
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -103,7 +136,7 @@ def _serve(args: argparse.Namespace) -> None:
     try:
         server.run(sockets=[sock])
     finally:
-        app.state.sgp.store.close()
+        app.state.sgp.close()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -10,8 +10,9 @@ In-process code controls the app through `get_control(app)` (also ``app.state.sg
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import anyio
@@ -25,12 +26,15 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._faults import Counters, Decision, FaultInjector, Faults
-from ._spans import ApiError, parse_json, prepare_items, timestamp_us
-from ._store import SORT_KEYS, SearchQuery, SpanStore, json_field
+from ._masking import mask_items
+from ._search import parse_search
+from ._spans import ApiError, parse_json, prepare_items
+from ._store import SpanStore, StoreKind
 
 __all__ = [
     "DEFAULT_ACCOUNT_ID",
     "DEFAULT_API_KEY",
+    "DEFAULT_MAX_BODY_BYTES",
     "ConnectionDropped",
     "ServerControl",
     "create_app",
@@ -39,8 +43,8 @@ __all__ = [
 
 DEFAULT_API_KEY = "sgp-local-dev-key"
 DEFAULT_ACCOUNT_ID = "sgp-local-account"
-DEFAULT_SEARCH_LIMIT = 100
-MAX_SEARCH_LIMIT = 1000
+#: The largest request body the server reads: 1000 spans of 32 KiB each fit, with room.
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 
 # Set by the CLI's uvicorn protocol: aborts the TCP connection, so "drop" faults look like a
 # real network failure (no bytes at all) instead of an error response.
@@ -68,8 +72,16 @@ class ServerControl:
         api_keys: Mapping[str, str],
         prefix: str,
         faults: Faults | None = None,
+        mask_credentials: bool = True,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
-        self.store = store
+        if max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes!r}")
+        self._store = store
+        #: The largest request body read; larger ones answer 413 (see `read_body`).
+        self.max_body_bytes = max_body_bytes
+        #: Mask credential-shaped values before storing, as the real API does (see _masking).
+        self.mask_credentials = mask_credentials
         self.prefix = prefix
         self._api_keys = dict(api_keys)
         self._injector = FaultInjector(faults)
@@ -86,6 +98,17 @@ class ServerControl:
             f"ServerControl(store={self.store!r}, prefix={self.prefix!r}, "
             f"api_keys=<{len(self._api_keys)} keys>, faults={self.faults!r})"
         )
+
+    @property
+    def store(self) -> SpanStore:
+        return self._store
+
+    @store.setter
+    def store(self, store: SpanStore) -> None:
+        """Replace the store; the old one is closed (its connection would leak otherwise)."""
+        old, self._store = self._store, store
+        if old is not store:
+            old.close()
 
     @property
     def injector(self) -> FaultInjector:
@@ -116,14 +139,20 @@ class ServerControl:
         self._injector.set(Faults())
 
     def stats(self) -> dict[str, Any]:
-        """Counters as served by ``GET /_admin/stats``."""
-        return self.counters.snapshot(items_stored=self.store.count())
+        """Counters as served by ``GET /_admin/stats`` (with ``store``: the store's kind)."""
+        return {**self.counters.snapshot(items_stored=self.store.count()), "store": self.store.kind}
 
     def reset(self) -> None:
         """Forget spans, counters and faults."""
         self.store.clear()
         self.counters = Counters()
         self.clear_faults()
+
+    def close(self) -> None:
+        """Close the store's database connection (the app cannot serve spans afterwards).
+
+        Called on the app's lifespan shutdown; in-process tests (no lifespan) call it."""
+        self.store.close()
 
     def account_for(self, api_key: str) -> str | None:
         return self._api_keys.get(api_key)
@@ -163,7 +192,7 @@ def _endpoint_name(method: str, path: str) -> str:
     if path == "/v5/spans/search":
         return "search"
     if path.startswith("/v5/spans/"):
-        return "get"
+        return "update" if method == "PATCH" else "get"
     return "other"
 
 
@@ -315,91 +344,116 @@ def _batch_items(payload: Any) -> Any:
     return payload["items"]
 
 
+def _too_large(counters: Counters, limit: int) -> ApiError:
+    counters.count_fault("413")
+    # Closing the connection: what the client still sends is never read, nor buffered.
+    return ApiError(413, f"Request body larger than {limit} bytes", {"connection": "close"})
+
+
+async def read_body(control: ServerControl, scope: Scope, receive: Receive) -> bytes:
+    """The whole request body, never more than the app's `max_body_bytes` (nor the fault's,
+    when lower) in memory: a declared larger body answers 413 before a byte of it is read,
+    and a streamed (chunked) one as soon as it grows past the limit. Raises
+    `ClientDisconnect` if the client goes away first."""
+    fault_limit = control.faults.max_body_bytes
+    limit = (
+        control.max_body_bytes if fault_limit is None else min(fault_limit, control.max_body_bytes)
+    )
+    counters = control.counters
+    for header, value in scope["headers"]:
+        # The ASGI server has checked that content-length is a number.
+        if header == b"content-length" and value.isdigit() and int(value) > limit:
+            raise _too_large(counters, limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(counters, limit)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    counters.bytes_received += size
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 class _Api:
     """The spans endpoints; one instance per app, bound to its control object."""
 
     def __init__(self, control: ServerControl) -> None:
         self.control = control
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        """The whole request body (413 above the `max_body_bytes` fault); raises
-        `ClientDisconnect` if the client goes away first."""
-        control = self.control
-        limit = control.faults.max_body_bytes
-        counters = control.counters
-        if limit is not None:
-            for header, value in scope["headers"]:
-                if header == b"content-length" and value.isdigit() and int(value) > limit:
-                    counters.count_fault("413")
-                    raise ApiError(413, f"Request body larger than {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                raise ClientDisconnect
-            chunk: bytes = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if limit is not None and size > limit:
-                    counters.count_fault("413")
-                    raise ApiError(413, f"Request body larger than {limit} bytes")
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        counters.bytes_received += size
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
     async def _body(self, request: Request) -> bytes:
-        return await self._read_body(request.scope, request.receive)
+        return await read_body(self.control, request.scope, request.receive)
 
     def _store_items(
-        self, account_id: str, items: Any, dirty: bool, *, replace: bool
+        self, account_id: str, body: bytes, items: Any, dirty: bool, *, replace: bool
     ) -> list[bytes]:
+        """Validate, mask and store the `items` parsed from `body`; the stored spans."""
         control = self.control
         if type(items) is list:
             control.counters.items_received += len(items)
-        rows = prepare_items(
+        if control.mask_credentials:
+            control.counters.masked += mask_items(body, items)
+        store = control.store
+        rows, history = prepare_items(
             items,
             dirty=dirty,
             account_id=account_id,
             created_by=control.created_by,
-            traces_of=control.store.traces_of,
+            traces_of=store.traces_of,
+            kind=store.kind,
         )
-        return control.store.write(rows, replace=replace)
-
-    def _write(self, request: Request, items: Any, dirty: bool, *, replace: bool) -> list[bytes]:
-        account_id: str = request.scope[_ACCOUNT_SCOPE_KEY]
-        return self._store_items(account_id, items, dirty, replace=replace)
+        stored, reopened = store.write(rows, replace=replace, history=history)
+        control.counters.reopened += reopened
+        return stored
 
     async def raw_batch(self, scope: Scope, receive: Receive, send: Send, *, replace: bool) -> None:
         """``PUT`` (upsert) or ``POST`` (insert, keeping stored spans) ``/v5/spans/batch``."""
         if replace:
             self.control.counters.upsert_requests += 1
         try:
-            payload, dirty = parse_json(await self._read_body(scope, receive))
+            body = await read_body(self.control, scope, receive)
+            payload, dirty = parse_json(body)
             account_id: str = scope[_ACCOUNT_SCOPE_KEY]
-            body = _list_body(
-                self._store_items(account_id, _batch_items(payload), dirty, replace=replace)
+            answer = _list_body(
+                self._store_items(account_id, body, _batch_items(payload), dirty, replace=replace)
             )
         except ApiError as exc:
             await _send_json(send, exc.status, {"detail": exc.detail}, exc.headers)
             return
         except ClientDisconnect:
             return
-        headers = [(b"content-type", _JSON), (b"content-length", str(len(body)).encode())]
+        headers = [(b"content-type", _JSON), (b"content-length", str(len(answer)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": answer})
 
     async def create(self, request: Request) -> Response:
-        payload, dirty = parse_json(await self._body(request))
+        body = await self._body(request)
+        payload, dirty = parse_json(body)
+        account_id: str = request.scope[_ACCOUNT_SCOPE_KEY]
         try:
-            [stored] = self._write(request, [payload], dirty, replace=False)
+            [stored] = self._store_items(account_id, body, [payload], dirty, replace=False)
         except ApiError as exc:
             if isinstance(exc.detail, str) and exc.detail.startswith("items[0]"):
                 exc.detail = exc.detail.replace("items[0].", "", 1)
             raise
         return Response(stored, media_type="application/json")
+
+    async def update(self, request: Request) -> Response:
+        """``PATCH /v5/spans/{id}``: the real API answers 501 once an account dual-writes to
+        the tracing service (which has no partial update). This server models such an
+        account, whichever store it runs: use ``PUT /v5/spans/batch``."""
+        raise ApiError(
+            501,
+            "PATCH /v5/spans/{span_id} is not available once an account writes to the "
+            "tracing service; upsert with PUT /v5/spans/batch instead",
+        )
 
     async def get(self, request: Request) -> Response:
         span_id: str = request.path_params["span_id"]
@@ -411,29 +465,17 @@ class _Api:
     async def search(self, request: Request) -> Response:
         body = await self._body(request)
         filters, _ = parse_json(body) if body.strip() else ({}, False)
-        if type(filters) is not dict:
-            raise ApiError(422, "body: must be a JSON object of filters")
-        params = request.query_params
-        try:
-            limit = int(params.get("limit", DEFAULT_SEARCH_LIMIT))
-        except ValueError:
-            raise ApiError(422, "limit: must be an integer") from None
-        if not 1 <= limit <= MAX_SEARCH_LIMIT:
-            raise ApiError(422, f"limit: must be within [1, {MAX_SEARCH_LIMIT}]")
-        sort_order = params.get("sort_order", "asc")
-        if sort_order not in ("asc", "desc"):
-            raise ApiError(422, "sort_order: must be 'asc' or 'desc'")
-        sort_by = params.get("sort_by", "start_timestamp")
-        if sort_by not in SORT_KEYS:
-            raise ApiError(422, f"sort_by: must be one of {sorted(SORT_KEYS)}")
-        query = _search_query(request.scope[_ACCOUNT_SCOPE_KEY], filters)
-        spans, has_more = self.control.store.search(
-            query,
-            limit=limit,
-            sort_by=sort_by,
-            descending=sort_order == "desc",
-            starting_after=params.get("starting_after"),
-            ending_before=params.get("ending_before"),
+        store = self.control.store
+        search = parse_search(
+            request.scope[_ACCOUNT_SCOPE_KEY], store.kind, filters, request.query_params
+        )
+        spans, has_more = store.search(
+            search.query,
+            limit=search.limit,
+            sort_by=search.sort_by,
+            descending=search.descending,
+            starting_after=search.starting_after,
+            ending_before=search.ending_before,
         )
         body = (
             b'{"items":['
@@ -441,63 +483,10 @@ class _Api:
             + b'],"has_more":'
             + (b"true" if has_more else b"false")
             + b',"object":"list","limit":'
-            + str(limit).encode()
+            + str(search.limit).encode()
             + b"}"
         )
         return Response(body, media_type="application/json")
-
-
-_LIST_FILTERS = {
-    "trace_ids": "trace_id",
-    "span_ids": "id",
-    "parent_ids": json_field("parent_id"),
-    "statuses": json_field("status"),
-    "types": json_field("type"),
-    "names": json_field("name"),
-    "application_variant_ids": json_field("application_variant_id"),
-}
-_EXCLUDE_FILTERS = {"excluded_span_ids": "id", "excluded_trace_ids": "trace_id"}
-
-
-def _timestamp_filter(field: str, value: Any) -> int:
-    try:
-        return timestamp_us(0, field, value)
-    except ApiError:
-        raise ApiError(422, f"{field}: invalid ISO 8601 date-time") from None
-
-
-def _search_query(account_id: str, filters: dict[str, Any]) -> SearchQuery:
-    """Translate the search filters this server supports; others are ignored."""
-    query = SearchQuery(account_id)
-    for field, column in (*_LIST_FILTERS.items(), *_EXCLUDE_FILTERS.items()):
-        values = filters.get(field)
-        if values is None:
-            continue
-        if type(values) is not list or not all(type(v) is str for v in values):
-            raise ApiError(422, f"{field}: must be a list of strings")
-        if field in _EXCLUDE_FILTERS:
-            if values:
-                query.none_of(column, values)
-        else:
-            query.any_of(column, values)
-    group_id = filters.get("group_id")
-    if group_id is not None:
-        if type(group_id) is not str:
-            raise ApiError(422, "group_id: must be a string")
-        query.where(f"{json_field('group_id')} = ?", group_id)
-    if filters.get("parents_only"):
-        query.where(f"{json_field('parent_id')} IS NULL")
-    from_ts = filters.get("from_ts")
-    to_ts = filters.get("to_ts")
-    start = _timestamp_filter("from_ts", from_ts) if from_ts is not None else None
-    end = _timestamp_filter("to_ts", to_ts) if to_ts is not None else None
-    if start is not None and end is not None and start > end:
-        raise ApiError(422, "from_ts: after to_ts")
-    if start is not None:
-        query.where("start_us >= ?", start)
-    if end is not None:
-        query.where("start_us <= ?", end)
-    return query
 
 
 # -- admin ------------------------------------------------------------------------------------
@@ -513,7 +502,7 @@ class _Admin:
     async def faults(self, request: Request) -> Response:
         control = self.control
         if request.method in ("PUT", "PATCH"):
-            changes, _ = parse_json(await request.body())
+            changes, _ = parse_json(await read_body(control, request.scope, request.receive))
             if type(changes) is not dict:
                 raise ApiError(422, "body: must be a JSON object")
             try:
@@ -569,11 +558,19 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def create_app(
     *,
     db: str = ":memory:",
+    store: StoreKind = "tracing",
     api_keys: Mapping[str, str] | None = None,
     prefix: str = "/public",
     faults: Faults | None = None,
+    mask_credentials: bool = True,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> Starlette:
     """A new server app with its own store (`db`: SQLite file path or ``":memory:"``).
+
+    `store` picks the upsert rule of one of SGP's two stores: ``"tracing"`` (the tracing
+    service: keyed by trace, id and day, a completed span beats an in-progress one) or
+    ``"legacy"`` (keyed by id alone, the last write wins, so a late in-progress write reopens
+    a completed span). Both count such late writes as ``reopened`` in the stats.
 
     `api_keys` maps each accepted API key to the account id it may select (default
     ``{DEFAULT_API_KEY: DEFAULT_ACCOUNT_ID}``). `prefix` is where the API lives (``/public``
@@ -582,10 +579,12 @@ def create_app(
     """
     prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
     control = ServerControl(
-        store=SpanStore(db),
+        store=SpanStore(db, kind=store),
         api_keys=api_keys if api_keys is not None else {DEFAULT_API_KEY: DEFAULT_ACCOUNT_ID},
         prefix=prefix,
         faults=faults,
+        mask_credentials=mask_credentials,
+        max_body_bytes=max_body_bytes,
     )
     api = _Api(control)
     admin = _Admin(control)
@@ -593,6 +592,7 @@ def create_app(
         Route(f"{prefix}/v5/spans/search", api.search, methods=["POST"]),
         Route(f"{prefix}/v5/spans", api.create, methods=["POST"]),
         Route(f"{prefix}/v5/spans/{{span_id:path}}", api.get, methods=["GET"]),
+        Route(f"{prefix}/v5/spans/{{span_id:path}}", api.update, methods=["PATCH"]),
         Route("/_admin/health", admin.health, methods=["GET"]),
         Route("/_admin/faults", admin.faults, methods=["GET", "PUT", "PATCH"]),
         Route("/_admin/stats", admin.stats, methods=["GET"]),
@@ -600,8 +600,17 @@ def create_app(
         Route("/_admin/spans", admin.spans, methods=["GET"]),
         Route("/_admin/count", admin.count, methods=["GET"]),
     ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            control.close()
+
     app = Starlette(
         routes=routes,
+        lifespan=lifespan,
         middleware=[Middleware(_Gate, control=control, api=api)],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
     )

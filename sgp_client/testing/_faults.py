@@ -177,6 +177,11 @@ class Counters:
     in_flight: int = 0
     max_concurrent: int = 0
     bytes_received: int = 0
+    # In-progress writes that came after their span's completed one (see count_reopened):
+    # ignored by the tracing store, reopening the span on the legacy store.
+    reopened: int = 0
+    # Field values whose credential-shaped parts were masked before storing.
+    masked: int = 0
 
     def count_fault(self, kind: str) -> None:
         self.faults[kind] = self.faults.get(kind, 0) + 1
@@ -199,4 +204,6 @@ class Counters:
             "in_flight": self.in_flight,
             "max_concurrent": self.max_concurrent,
             "bytes_received": self.bytes_received,
+            "reopened": self.reopened,
+            "masked": self.masked,
         }

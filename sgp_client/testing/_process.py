@@ -21,7 +21,8 @@ from typing import IO, Any
 
 import httpx
 
-from ._app import DEFAULT_ACCOUNT_ID, DEFAULT_API_KEY
+from ._app import DEFAULT_ACCOUNT_ID, DEFAULT_API_KEY, DEFAULT_MAX_BODY_BYTES
+from ._store import STORE_KINDS, StoreKind
 
 __all__ = ["ServerProcess", "ServerProcessError"]
 
@@ -38,6 +39,8 @@ class ServerProcess:
 
     `port=0` picks a free port on first start and keeps it across restarts. `db` is
     ``":memory:"`` (data lost on restart) or a SQLite file path (kept across restarts).
+    `store` is ``"tracing"`` or ``"legacy"`` and `mask_credentials=False` stores
+    credential-shaped values as sent; `max_body_bytes` bounds a request body (see `create_app`).
     `api_keys` maps key to account (default: `DEFAULT_API_KEY` for `DEFAULT_ACCOUNT_ID`);
     `api_key` / `account_id` are the first pair, handy to configure a client.
     """
@@ -47,12 +50,20 @@ class ServerProcess:
         *,
         port: int = 0,
         db: str | os.PathLike[str] = ":memory:",
+        store: StoreKind = "tracing",
         api_keys: Mapping[str, str] | None = None,
         prefix: str = "/public",
         startup_timeout: float = 15.0,
+        mask_credentials: bool = True,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self.port = port
         self.db = os.fspath(db)
+        if store not in STORE_KINDS:
+            raise ValueError(f"store must be one of {list(STORE_KINDS)}, got {store!r}")
+        self.store: StoreKind = store
+        self.mask_credentials = mask_credentials
+        self.max_body_bytes = max_body_bytes
         self._api_keys = dict(api_keys) if api_keys else {DEFAULT_API_KEY: DEFAULT_ACCOUNT_ID}
         self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
         self.startup_timeout = startup_timeout
@@ -63,7 +74,7 @@ class ServerProcess:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"ServerProcess(port={self.port}, db={self.db!r}, {state})"
+        return f"ServerProcess(port={self.port}, db={self.db!r}, store={self.store!r}, {state})"
 
     # -- addresses and credentials ---------------------------------------------------------
 
@@ -113,10 +124,13 @@ class ServerProcess:
         command = [
             sys.executable, "-m", "sgp_client.testing", "serve",
             "--host", _HOST, "--port", str(self.port), "--prefix", self.prefix or "/",
-            "--db", self.db,
+            "--db", self.db, "--store", self.store,
         ]  # fmt: skip
         for key, account in self._api_keys.items():
             command += ["--api-key", f"{key}:{account}"]
+        if not self.mask_credentials:
+            command.append("--no-mask-credentials")
+        command += ["--max-body-bytes", str(self.max_body_bytes)]
         # stderr goes to a file: a pipe nobody drains could fill up and block the server.
         self._stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8")  # noqa: SIM115
         self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
@@ -238,7 +252,8 @@ class ServerProcess:
         return result
 
     def stats(self) -> dict[str, Any]:
-        """Counters: requests, by_endpoint, items_received, items_stored, rejections, faults…"""
+        """Counters: requests, by_endpoint, items_received, items_stored, reopened, rejections,
+        faults… and ``store``, the store's kind."""
         result: dict[str, Any] = self._call("GET", "/stats")
         return result
 

@@ -15,17 +15,18 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import repeat
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import orjson
 
-from ._store import Row
+from ._store import Row, StoreKind
 
 __all__ = [
     "MAX_BATCH_ITEMS",
     "SPAN_STATUSES",
     "SPAN_TYPES",
     "ApiError",
+    "Prepared",
     "parse_json",
     "prepare_items",
     "timestamp_us",
@@ -97,6 +98,8 @@ def parse_json(body: bytes) -> tuple[Any, bool]:
         value = json.loads(body.decode("utf-8", errors="surrogateescape"))
     except ValueError as exc:
         raise ApiError(400, f"Malformed JSON body: {exc}") from None
+    except RecursionError:  # orjson stops at 1024 levels, the stdlib at the stack's depth
+        raise ApiError(400, "Malformed JSON body: nested too deeply") from None
     return value, True
 
 
@@ -202,7 +205,7 @@ def _check_optional(i: int, field: str, value: Any, start_us: int) -> int | None
 
 # orjson cannot encode integers beyond 64 bits (only the stdlib parser accepts them) nor lone
 # surrogates (only in-process callers can pass them on a clean body).
-_UNSTORABLE = "items: a value cannot be stored (integer out of range)"
+_UNSTORABLE = "items: a value cannot be stored (integer out of range, or nested too deeply)"
 _SHORT_ID = MAX_ID_BYTES // 4  # ids up to this many characters cannot exceed the byte limit
 
 
@@ -253,7 +256,9 @@ def _check_item(i: int, item: dict[str, Any]) -> tuple[int, int | None]:
     return start_us, end_us
 
 
-_Chosen = dict[tuple[str, str, int], tuple[int, dict[str, Any], int, int | None]]
+# A batch's key of one item: (trace_id, id, UTC day) on the tracing store, id on the legacy one.
+_Key = tuple[str, str, int] | str
+_Chosen = dict[_Key, tuple[int, dict[str, Any], int, int | None]]
 
 
 def _check_parents(
@@ -264,8 +269,8 @@ def _check_parents(
     """409 for a cycle of parent links within the batch or a parent in another trace."""
     # (trace_id, id) -> (parent_id, item index); the last chosen entry wins.
     nodes: dict[tuple[str, str], tuple[str | None, int]] = {}
-    for (trace_id, span_id, _), (i, item, _, _) in chosen.items():
-        nodes[trace_id, span_id] = (item.get("parent_id"), i)
+    for i, item, _, _ in chosen.values():
+        nodes[item["trace_id"], item["id"]] = (item.get("parent_id"), i)
     trace_ids = [key[0] for key in nodes]
     span_ids = [key[1] for key in nodes]
     parents = [parent for parent, _ in nodes.values()]
@@ -429,6 +434,7 @@ def _quick_batch(
     account_id: str,
     created_by: dict[str, Any],
     traces_of: Callable[[str, Iterable[str]], dict[str, set[str]]],
+    kind: StoreKind = "tracing",
 ) -> list[Row] | None:
     """The rows of a batch whose items all have the SDK's shape and plainly valid values,
     with no repeated key; None when `prepare_items` must look item by item.
@@ -515,7 +521,8 @@ def _quick_batch(
         return None
     days = list(map(_floordiv, start_us, repeat(_US_PER_DAY)))
     count = len(items)
-    if len(set(zip(trace_ids, span_ids, days, strict=True))) != count:
+    keys = span_ids if kind == "legacy" else zip(trace_ids, span_ids, days, strict=True)
+    if len(set(keys)) != count:
         return None  # repeated keys: the per-item path applies the upsert rule
     _check_links(account_id, trace_ids, span_ids, parent_ids, range(count), traces_of)
     extra = {
@@ -543,6 +550,15 @@ def _quick_batch(
         raise ApiError(422, _UNSTORABLE) from None
 
 
+class Prepared(NamedTuple):
+    """A validated batch: its store rows, and for each row whose key the batch wrote several
+    times, whether each of those writes was completed, in order (what `SpanStore.write` needs
+    to count reopened spans; empty in the usual case)."""
+
+    rows: list[Row]
+    history: dict[int, list[bool]]
+
+
 def prepare_items(
     items: Any,
     *,
@@ -550,23 +566,29 @@ def prepare_items(
     account_id: str,
     created_by: dict[str, Any],
     traces_of: Callable[[str, Iterable[str]], dict[str, set[str]]],
-) -> list[Row]:
-    """Validate a batch and return its store rows, deduplicated by (trace_id, id, day).
+    kind: StoreKind = "tracing",
+) -> Prepared:
+    """Validate a batch and return its store rows, deduplicated by key: (trace_id, id, day)
+    on the tracing store, the id alone on the legacy store.
 
-    For a repeated key, a completed item (has end_timestamp) beats an in-progress one and
-    otherwise the later one wins; the surviving row keeps the first occurrence's position.
-    Items of the SDK's usual shape are checked by `_quick_check` and used as they are (no
-    copy); anything else goes through the precise path.
+    For a repeated key, the tracing store keeps a completed item (has end_timestamp) over an
+    in-progress one and otherwise the later one; the legacy store keeps the later one. The
+    surviving row keeps the first occurrence's position. Items of the SDK's usual shape are
+    checked by `_quick_check` and used as they are (no copy); anything else goes through the
+    precise path.
     """
     if type(items) is not list:
         raise ApiError(422, "items: must be a list")
     if len(items) > MAX_BATCH_ITEMS:
         raise ApiError(422, f"items: at most {MAX_BATCH_ITEMS} items per request")
     if not dirty:
-        quick_rows = _quick_batch(items, account_id, created_by, traces_of)
+        quick_rows = _quick_batch(items, account_id, created_by, traces_of, kind)
         if quick_rows is not None:
-            return quick_rows
+            return Prepared(quick_rows, {})
+    legacy = kind == "legacy"
     chosen: _Chosen = {}
+    # key -> completed or not, for each write of a key written more than once
+    repeated: dict[_Key, list[bool]] = {}
     setdefault = chosen.setdefault
     quick = _quick_check
     for i, item in enumerate(items):
@@ -577,22 +599,36 @@ def prepare_items(
             if not item.keys() <= KNOWN_FIELDS:
                 item = {k: v for k, v in item.items() if k in KNOWN_FIELDS}
             if dirty:
-                item = _sanitize(i, item)
+                try:
+                    item = _sanitize(i, item)
+                except RecursionError:  # far deeper than orjson can store anyway
+                    raise ApiError(422, _UNSTORABLE) from None
             checked = _check_item(i, item)
         start_us, end_us = checked
         entry = (i, item, start_us, end_us)
-        key = (item["trace_id"], item["id"], start_us // _US_PER_DAY)
+        key: _Key = (
+            item["id"] if legacy else (item["trace_id"], item["id"], start_us // _US_PER_DAY)
+        )
         previous = setdefault(key, entry)
-        if previous is not entry and (end_us is not None or previous[3] is None):
-            chosen[key] = entry
+        if previous is entry:
+            continue
+        writes = repeated.get(key)
+        if writes is None:
+            writes = repeated[key] = [previous[3] is not None]
+        writes.append(end_us is not None)
+        if legacy or end_us is not None or previous[3] is None:
+            chosen[key] = entry  # an existing key: keeps the first occurrence's position
     _check_parents(account_id, chosen, traces_of)
     rows: list[Row] = []
+    history: dict[int, list[bool]] = {}
     append = rows.append
     dumps = orjson.dumps
     extra = {"account_id": account_id, "object": "span", "created_by": created_by}
     extra_all = {**extra, "input_tokens": None, "output_tokens": None}
     try:
-        for (trace_id, span_id, day), (_, given, start_us, end_us) in chosen.items():
+        for key, (_, given, start_us, end_us) in chosen.items():
+            if key in repeated:
+                history[len(rows)] = repeated[key]
             # Stored with every field, as the fast path stores them (missing means null).
             item = given if _SDK_NULLS.keys() <= given.keys() else {**_SDK_NULLS, **given}
             if "input_tokens" in item or "output_tokens" in item:
@@ -601,7 +637,8 @@ def prepare_items(
                 item.setdefault("output_tokens", None)
             else:
                 item.update(extra_all)
-            append((account_id, trace_id, span_id, day, start_us, end_us, dumps(item)))
+            day = start_us // _US_PER_DAY
+            append((account_id, item["trace_id"], item["id"], day, start_us, end_us, dumps(item)))
     except TypeError:
         raise ApiError(422, _UNSTORABLE) from None
-    return rows
+    return Prepared(rows, history)

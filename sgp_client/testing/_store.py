@@ -1,8 +1,19 @@
 """SQLite storage of spans for the local SGP server, with the upsert semantics of the real API.
 
-One row per (account, trace_id, id, UTC day of start_timestamp): the day is part of the
-identity because the real service partitions by it, so re-sending a span with a start on
-another day stores a second row. Each row keeps the whole answer-shaped span as JSON bytes
+Two kinds of store, as SGP has two (`StoreKind`):
+
+- ``"tracing"`` (SGP's tracing service, the default): one row per (account, trace_id, id, UTC
+  day of start_timestamp): the day is part of the identity because the real service
+  partitions by it, so re-sending a span with a start on another day stores a second row.
+  For a repeated key a completed span beats an in-progress one, else the later write wins.
+- ``"legacy"`` (SGP's legacy store): one row per (account, id), and the last write wins,
+  whatever it is: an in-progress write landing after the completed one reopens the span.
+
+Either way `write` reports how many in-progress writes came after their span's completed
+one (`count_reopened`): the ordering defect a client must never commit, visible as a stuck
+span on the legacy store and silently forgiven by the tracing service.
+
+Each row keeps the whole answer-shaped span as JSON bytes
 (`data`) next to the few columns searches need, so echoing and reading a span never
 re-encode it.
 
@@ -14,18 +25,25 @@ hundred bytes per stored span and is rebuilt from the table when a database file
 One server process per database file at a time.
 
 A single connection is used from the event loop thread only; every call is short and
-synchronous, which is faster than hopping to a worker thread for each request.
+synchronous, which is faster than hopping to a worker thread for each request. The store owns
+it: `close()` closes it (the app does so on shutdown and when its store is replaced), and a
+store garbage-collected unclosed closes it on the way out, so a test that drops an app
+without closing it leaks no connection (Python 3.13 warns about every unclosed one).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
-from typing import Any
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 import orjson
 
-__all__ = ["Row", "SearchQuery", "SpanStore"]
+__all__ = ["STORE_KINDS", "Row", "SearchQuery", "SpanStore", "StoreKind", "count_reopened"]
+
+StoreKind = Literal["tracing", "legacy"]
+STORE_KINDS: tuple[StoreKind, ...] = ("tracing", "legacy")
 
 # (account_id, trace_id, id, day, start_us, end_us, data): the key, the two timestamps the
 # upsert rule and sorting need, and the whole answer-shaped span as JSON bytes.
@@ -49,12 +67,29 @@ _INSERT = (
     "INSERT INTO spans (account_id, trace_id, id, day, start_us, end_us, data) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-_UPDATE = "UPDATE spans SET start_us = ?, end_us = ?, data = ? WHERE seq = ?"
+# trace_id and day change only on the legacy store, where the id alone is the key.
+_UPDATE = "UPDATE spans SET trace_id = ?, day = ?, start_us = ?, end_us = ?, data = ? WHERE seq = ?"
 
 # Index entry of one stored row: (trace_id, day, signed seq), the sign telling whether the
-# stored span is completed (+) or in progress (-). An id stored once (nearly always) maps to
-# one entry; an id stored under several traces or days maps to a list of them.
+# stored span is completed (+) or in progress (-). An id stored once (nearly always, and
+# always on the legacy store) maps to one entry; an id stored under several traces or days
+# maps to a list of them.
 _Entry = tuple[str, int, int]
+
+
+def count_reopened(kind: StoreKind, stored_completed: bool | None, writes: Iterable[bool]) -> int:
+    """How many of `writes` (completed or not, in arrival order, all for one key) are
+    in-progress writes arriving after a completed one: on the tracing store those ignored
+    after a completed write (stored or earlier in the batch), on the legacy store those
+    that overwrite a completed span. `stored_completed` is None for a key not stored yet."""
+    reopened = 0
+    completed = bool(stored_completed)
+    for write_completed in writes:
+        if not write_completed and completed:
+            reopened += 1
+        # The tracing service never forgets a completion; the legacy store keeps the last.
+        completed = write_completed or (completed and kind == "tracing")
+    return reopened
 
 
 def json_field(name: str) -> str:
@@ -81,6 +116,8 @@ class SearchQuery:
     def __init__(self, account_id: str) -> None:
         self.clauses: list[str] = ["account_id = ?"]
         self.params: list[Any] = [account_id]
+        # Python predicates the clauses call by name: registered on the connection to run.
+        self.functions: dict[str, Callable[..., Any]] = {}
 
     def any_of(self, column: str, values: Sequence[Any]) -> None:
         self.clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
@@ -96,13 +133,19 @@ class SearchQuery:
 
 
 class SpanStore:
-    """Spans in SQLite (`path` is a file or ``":memory:"``)."""
+    """Spans in SQLite (`path` is a file or ``":memory:"``), with the upsert rule of `kind`."""
 
-    def __init__(self, path: str = ":memory:") -> None:
+    def __init__(self, path: str = ":memory:", *, kind: StoreKind = "tracing") -> None:
+        if kind not in STORE_KINDS:
+            raise ValueError(f"store kind must be one of {list(STORE_KINDS)}, got {kind!r}")
         self.path = path
+        self.kind: StoreKind = kind
+        self._legacy = kind == "legacy"
         # check_same_thread=False: in-process tests may build the app in one thread and serve
         # it from another; the app itself never uses the connection concurrently.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # Holds the connection, not the store: runs when the store is collected or closed.
+        self._closer = weakref.finalize(self, self._db.close)
         # Bigger pages hold more ~1 KB rows each (only effective for a new database).
         self._db.execute("PRAGMA page_size=16384")
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -116,7 +159,7 @@ class SpanStore:
         self._load_index()
 
     def __repr__(self) -> str:
-        return f"SpanStore(path={self.path!r})"
+        return f"SpanStore(path={self.path!r}, kind={self.kind!r})"
 
     def _load_index(self) -> None:
         self._index = {}
@@ -125,7 +168,11 @@ class SpanStore:
             "SELECT account_id, id, trace_id, day, seq, end_us IS NOT NULL FROM spans ORDER BY seq"
         )
         for account_id, span_id, trace_id, day, seq, completed in rows:
-            self._add(account_id, span_id, (trace_id, day, seq if completed else -seq))
+            entry = (trace_id, day, seq if completed else -seq)
+            if self._legacy:  # one row per id; a file written by the other kind: last wins
+                self._index.setdefault(account_id, {})[span_id] = entry
+            else:
+                self._add(account_id, span_id, entry)
             self._seq = seq
 
     def _add(self, account_id: str, span_id: str, entry: _Entry) -> None:
@@ -148,7 +195,12 @@ class SpanStore:
         return found if type(found) is list else [found]  # type: ignore[list-item]
 
     def close(self) -> None:
-        self._db.close()
+        """Close the database connection (idempotent); the store is unusable afterwards."""
+        self._closer()
+
+    @property
+    def closed(self) -> bool:
+        return not self._closer.alive
 
     def clear(self) -> None:
         self._db.execute("DELETE FROM spans")
@@ -157,17 +209,31 @@ class SpanStore:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def write(self, rows: Sequence[Row], *, replace: bool) -> list[bytes]:
-        """Store `rows` (already deduplicated by key) and return the stored span of each.
+    def write(
+        self,
+        rows: Sequence[Row],
+        *,
+        replace: bool,
+        history: Mapping[int, Sequence[bool]] | None = None,
+    ) -> tuple[list[bytes], int]:
+        """Store `rows` (already deduplicated by key) and return the stored span of each, and
+        how many in-progress writes came after their span's completed one (`count_reopened`).
 
-        `replace=True` is the upsert (completed beats in-progress, else the new row wins);
-        `replace=False` inserts only keys not stored yet and keeps what is there.
+        `replace=True` is the upsert (tracing store: completed beats in-progress, else the new
+        row wins; legacy store: the new row wins); `replace=False` inserts only keys not
+        stored yet and keeps what is there. `history` gives, for a row whose key the batch
+        wrote several times, whether each of those writes was completed, in order.
         """
+        kind = self.kind
+        history = history or {}
         if rows and self._all_new(rows):
-            return [row[6] for row in rows]
+            reopened = sum(count_reopened(kind, None, writes) for writes in history.values())
+            return [row[6] for row in rows], reopened
+        legacy = self._legacy
+        reopened = 0
         out = [row[6] for row in rows]
         inserts: list[Row] = []
-        updates: list[tuple[int, int | None, bytes, int]] = []
+        updates: list[tuple[str, int, int, int | None, bytes, int]] = []
         kept: dict[int, int] = {}  # seq -> position in `out` whose stored span is echoed
         first_seq = self._seq + 1
         try:
@@ -181,15 +247,18 @@ class SpanStore:
                         ids = self._index[account_id] = {}
                     ids_account = account_id
                 assert ids is not None
+                writes = history.get(pos)
                 found = ids.get(span_id)
                 if found is None:  # the usual case: a new span
                     self._seq += 1
                     ids[span_id] = (trace_id, day, self._seq if end_us is not None else -self._seq)
                     inserts.append(row)
+                    if writes is not None:
+                        reopened += count_reopened(kind, None, writes)
                     continue
                 seq = 0
                 if isinstance(found, tuple):
-                    if found[0] == trace_id and found[1] == day:
+                    if legacy or (found[0] == trace_id and found[1] == day):
                         seq = found[2]
                 else:
                     for entry in found:
@@ -203,10 +272,20 @@ class SpanStore:
                         account_id, span_id, (trace_id, day, seq if end_us is not None else -seq)
                     )
                     inserts.append(row)
-                elif replace and (end_us is not None or seq < 0):
-                    updates.append((start_us, end_us, data, abs(seq)))
-                    if seq < 0 and end_us is not None:
-                        self._replace_entry(account_id, span_id, (trace_id, day, -seq))
+                    if writes is not None:
+                        reopened += count_reopened(kind, None, writes)
+                    continue
+                if replace or not legacy:  # a legacy insert-only write overwrites nothing
+                    reopened += count_reopened(
+                        kind, seq > 0, (end_us is not None,) if writes is None else writes
+                    )
+                if replace and (legacy or end_us is not None or seq < 0):
+                    updates.append((trace_id, day, start_us, end_us, data, abs(seq)))
+                    entry = (trace_id, day, abs(seq) if end_us is not None else -abs(seq))
+                    if legacy:
+                        ids[span_id] = entry
+                    elif seq < 0 and end_us is not None:
+                        self._replace_entry(account_id, span_id, entry)
                 else:
                     kept[abs(seq)] = pos
             db = self._db
@@ -228,7 +307,7 @@ class SpanStore:
         except BaseException:
             self._load_index()  # the index must never disagree with the table
             raise
-        return out
+        return out, reopened
 
     def _all_new(self, rows: Sequence[Row]) -> bool:
         """Store `rows` if none of their span ids is stored yet and all are distinct (a burst
@@ -353,6 +432,8 @@ class SpanStore:
         Order is (sort key, trace_id, id, seq), a total order, so a cursor (a span id from a
         previous page) always resumes at the same place. Unknown cursors give an empty page.
         """
+        for name, function in query.functions.items():
+            self._db.create_function(name, -1, function, deterministic=True)
         key = _SORT_EXPR[sort_by]
         order_cols = f"{key}, trace_id, id, seq"
         where = " AND ".join(query.clauses)

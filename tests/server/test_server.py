@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -21,6 +21,7 @@ from sgp_client.testing import (
     DEFAULT_API_KEY,
     Faults,
     ServerControl,
+    StoreKind,
     _spans,
     asgi_transport,
     create_app,
@@ -37,8 +38,10 @@ def span(span_id: str = "s1", trace_id: str = "t1", **fields: Any) -> dict[str, 
 
 
 @pytest.fixture
-def app() -> Starlette:
-    return create_app(api_keys={DEFAULT_API_KEY: DEFAULT_ACCOUNT_ID, "other-key": "other-acct"})
+def app() -> Iterator[Starlette]:
+    app = create_app(api_keys={DEFAULT_API_KEY: DEFAULT_ACCOUNT_ID, "other-key": "other-acct"})
+    yield app
+    get_control(app).close()
 
 
 @pytest.fixture
@@ -583,7 +586,9 @@ def sdk_item(span_id: Any = "a" * 32, trace_id: Any = "b" * 32, **fields: Any) -
     return item
 
 
-def outcome(items: list[dict[str, Any]], *, precise: bool, dirty: bool = False) -> Any:
+def outcome(
+    items: list[dict[str, Any]], *, precise: bool, dirty: bool = False, kind: StoreKind = "tracing"
+) -> Any:
     """What `prepare_items` makes of `items`; `precise` forces the item-by-item path (an
     unknown key keeps the items off both fast paths and is dropped before storing)."""
     items = copy.deepcopy(items)
@@ -597,7 +602,8 @@ def outcome(items: list[dict[str, Any]], *, precise: bool, dirty: bool = False) 
             account_id="acct",
             created_by={"id": "me"},
             traces_of=lambda _account, ids: {i: {"t-stored"} for i in ids if i == "p-stored"},
-        )
+            kind=kind,
+        ).rows
     except _spans.ApiError as exc:
         return ("error", exc.status, exc.detail)
     result = []
@@ -690,8 +696,11 @@ def test_fast_and_precise_paths_agree_on_one_item(item: dict[str, Any]) -> None:
         [],
     ],
 )
-def test_fast_and_precise_paths_agree_on_batches(items: list[dict[str, Any]]) -> None:
-    assert outcome(items, precise=False) == outcome(items, precise=True)
+@pytest.mark.parametrize("kind", ["tracing", "legacy"])
+def test_fast_and_precise_paths_agree_on_batches(
+    items: list[dict[str, Any]], kind: StoreKind
+) -> None:
+    assert outcome(items, precise=False, kind=kind) == outcome(items, precise=True, kind=kind)
 
 
 def test_sdk_shape_takes_the_fast_paths() -> None:

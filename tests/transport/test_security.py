@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import ssl
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,6 +39,8 @@ from sgp_client.testing import (
     ServerControl,
     ServerProcess,
     asgi_transport,
+    create_app,
+    get_control,
 )
 
 START = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -375,6 +377,15 @@ def assert_stored_redacted(row: dict[str, Any], item: SpanItem) -> None:
     assert row["output"] == {"text": f"use postgres://u:{MARK}@db/x"}
     assert row["metadata"] == {"headers": {"Authorization": MARK}}
     assert row["expected"] == {"password": MARK}
+
+
+@pytest.fixture
+def app() -> Iterator[Starlette]:
+    """The local server storing values as sent: it masks credentials like the real API by
+    default, which would hide what the client itself sends."""
+    app = create_app(mask_credentials=False)
+    yield app
+    get_control(app).close()
 
 
 def in_process_client(app: Starlette, **kwargs: Any) -> AsyncSGPClient:
