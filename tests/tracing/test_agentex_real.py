@@ -394,7 +394,9 @@ async def test_same_metadata_as_agentex_processor_and_we_keep_the_batch_it_loses
         await close_theirs(their_processor)
     their_kept = server.count(trace_id="m")
     assert span_queue.dropped_spans == len(mixed) - their_kept
-    assert their_kept < len(mixed) - 2  # good spans lost along with the two odd ones
+    # One request for the batch, refused (422): the 8 well-formed spans lost with the 2 odd
+    # ones (agentex-sdk 0.28.4; a later version that splits the batch would keep some).
+    assert their_kept < len(mixed) - 2
     server.reset()
 
     async with sgp_queue(server) as queue:
