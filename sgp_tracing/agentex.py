@@ -244,6 +244,8 @@ class AgentexTracingProcessor(_AgentexProcessor):  # type: ignore[misc, unused-i
     async def on_spans_start(self, spans: Iterable[AgentexSpan]) -> None:
         """agentex started several spans: returns once their starts are delivered."""
         converted = self._convert_all(spans)
+        if not converted:  # nothing to wait for (a flush would wait for everyone's writes)
+            return
         try:
             await _deliver_starts(self.processor, self._sink, converted)
         except SGPError:
