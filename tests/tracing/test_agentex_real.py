@@ -173,10 +173,13 @@ async def run_agent_turn(tracer: AsyncTracer, trace_id: str, span_queue: AsyncSp
 
 
 def test_adapter_is_an_agentex_processor_and_registers() -> None:
-    manager = TracingProcessorManager()
+    manager = TracingProcessorManager()  # type: ignore[no-untyped-call, unused-ignore]
     sink = PathSink(None)  # type: ignore[arg-type] # never called here
     adapter = register(sink, manager=manager)
     assert isinstance(adapter, AsyncTracingProcessor)  # agentex's own base class
+    # ...for type checkers too (.ci/run type-checks this file against agentex-sdk).
+    processors: list[AsyncTracingProcessor] = [adapter]
+    assert processors == manager.async_processors
     assert manager.get_async_processors() == [adapter]
     assert adapter.identity == IDENTITY  # read from agentex's environment variables
     unregister(adapter, manager=manager)
