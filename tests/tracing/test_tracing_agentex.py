@@ -10,7 +10,7 @@ import pydantic
 import pytest
 
 from sgp_tracing import SGPTracingProcessor
-from sgp_tracing.agentex import AgentexTracingProcessor, from_agentex_span
+from sgp_tracing.agentex import AgentexTracingProcessor, agent_metadata, from_agentex_span
 from sgp_tracing.testing import RecordingSink
 from tests._helpers import START
 
@@ -40,10 +40,14 @@ class PlainSpan:
         self.__dict__.update(fields)
 
 
+#: The agent keys agentex's own SGP processor adds to each span's metadata.
+IDENTITY = agent_metadata(acp_type="async", agent_name="bot-agent", agent_id="agent-7")
+
+
 def adapter() -> tuple[AgentexTracingProcessor, SGPTracingProcessor, RecordingSink]:
     sink = RecordingSink()
     processor = SGPTracingProcessor(sink)
-    return AgentexTracingProcessor(processor), processor, sink
+    return AgentexTracingProcessor(processor, identity=IDENTITY), processor, sink
 
 
 @pytest.mark.anyio
@@ -70,7 +74,14 @@ async def test_start_and_end_with_type_and_data_as_metadata() -> None:
     assert start_record["type"] == "AGENT_WORKFLOW"
     assert "status" not in start_record
     assert end_record["status"] == "SUCCESS"
-    assert end_record["metadata"] == {"__span_type__": "AGENT_WORKFLOW", "agent": "bot"}
+    assert end_record["metadata"] == {"__span_type__": "AGENT_WORKFLOW", "agent": "bot", **IDENTITY}
+    assert IDENTITY == {
+        "__source__": "agentex",
+        "__acp_type__": "async",
+        "__agent_name__": "bot-agent",
+        "__agent_id__": "agent-7",
+    }
+    assert start_record["output"] == {}  # agentex's processor sends {} for an absent output
     assert end_record["input"] == {"message": "hi"}
     assert end_record["output"] == {"final_output": "hello"}
     assert end_record["trace_id"] == "task-1"
@@ -103,7 +114,16 @@ async def test_error_in_data_means_error_status_and_span_is_not_mutated() -> Non
     assert record["type"] == "STANDALONE"  # agentex's default when data has no type
     assert record["parent_id"] == "a1"
     assert record["input"] == {"value": [{"arg": 1}]}  # a list input, wrapped
-    assert record["metadata"]["__error__"] == error
+    assert record["output"] == {}
+    # As agentex's processor writes an error (scale-gp-beta's set_error, category "unknown").
+    assert record["metadata"] == {
+        "__error__": error,
+        **IDENTITY,
+        "error": True,
+        "error_type": "ToolError",
+        "error_message": "tool failed",
+        "error_category": "unknown",
+    }
 
 
 @pytest.mark.anyio
@@ -122,8 +142,10 @@ async def test_batches_list_data_unknown_type_and_broken_spans() -> None:
     await agentex.on_spans_end(good)
     assert len(sink.starts) == 4
     assert len(sink.ends) == 3
-    assert sink.starts[0]["metadata"] == {"value": [{"x": 0}]}
-    assert sink.starts[3]["type"] == "CUSTOM"
+    # Starts are delivered concurrently (one request for the batch): look them up by id.
+    starts = {start["id"]: start for start in sink.starts}
+    assert starts["b0"]["metadata"] == {"value": [{"x": 0}]}
+    assert starts["b9"]["type"] == "CUSTOM"
     # object() has no attributes: no id, so the processor drops it, counted; nothing raised.
     assert processor.stats.dropped == {"invalid_id": 1}
     await agentex.shutdown()
@@ -142,7 +164,7 @@ async def test_adapter_never_raises_from_a_broken_processor() -> None:
         def shutdown(self) -> None:
             raise RuntimeError("y")
 
-    agentex = AgentexTracingProcessor(Broken())
+    agentex = AgentexTracingProcessor(Broken(), identity={})
     span = AgentexSpan(id="c", name="n", start_time=START, trace_id="t")
     await agentex.on_span_start(span)
     await agentex.on_span_end(span)
@@ -168,3 +190,4 @@ def test_for_sink_and_conversion() -> None:
     )
     assert span.error == {"type": "Error", "message": "boom"}
     assert span.type == "STANDALONE"
+    assert span.metadata["error_message"] == "boom"
