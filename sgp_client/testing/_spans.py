@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, cast
 
 import orjson
 
+from .._constants import EPOCH, MAX_ID_BYTES
 from ._store import Row, StoreKind
 
 __all__ = [
@@ -33,7 +34,6 @@ __all__ = [
 ]
 
 MAX_BATCH_ITEMS = 1000
-MAX_ID_BYTES = 256
 
 SPAN_STATUSES = frozenset({"SUCCESS", "ERROR", "CANCELED"})
 SPAN_TYPES = frozenset(
@@ -64,7 +64,6 @@ KNOWN_FIELDS = frozenset(
 _BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
 _OBS_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _OBS_SPAN_ID = re.compile(r"[0-9a-f]{16}")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _US_PER_DAY = 86_400_000_000
 
@@ -140,7 +139,7 @@ def timestamp_us(i: int, field: str, value: Any) -> int:
         raise ApiError(422, f"items[{i}].{field}: invalid ISO 8601 date-time") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return (parsed - _EPOCH) // _MICROSECOND
+    return (parsed - EPOCH) // _MICROSECOND
 
 
 # How each optional field is checked; only the fields an item has are looked at.
@@ -234,7 +233,7 @@ def _check_item(i: int, item: dict[str, Any]) -> tuple[int, int | None]:
         raise ApiError(422, f"items[{i}].start_timestamp: invalid ISO 8601 date-time") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    start_us = (parsed - _EPOCH) // _MICROSECOND
+    start_us = (parsed - EPOCH) // _MICROSECOND
     end_us = None
     kinds = _OPTIONAL_KIND
     for field, value in item.items():
@@ -402,13 +401,13 @@ def _quick_check(item: dict[str, Any]) -> tuple[int, int | None] | None:
         parsed = _fromisoformat(start)
         if parsed.tzinfo is None:
             return None
-        start_us: int = (parsed - _EPOCH) // _MICROSECOND
+        start_us: int = (parsed - EPOCH) // _MICROSECOND
         if end is None:
             return start_us, None
         parsed = _fromisoformat(end)
         if parsed.tzinfo is None:
             return None
-        end_us: int = (parsed - _EPOCH) // _MICROSECOND
+        end_us: int = (parsed - EPOCH) // _MICROSECOND
     except (KeyError, TypeError, ValueError):  # missing key, unhashable status, bad date
         return None
     if end_us < start_us:
@@ -487,7 +486,7 @@ def _quick_batch(
         if None in set(map(_get_tzinfo, parsed)):
             return None
         start_us: list[int] = list(
-            map(_floordiv, map(_sub, parsed, repeat(_EPOCH)), repeat(_MICROSECOND))
+            map(_floordiv, map(_sub, parsed, repeat(EPOCH)), repeat(_MICROSECOND))
         )
         end_us: list[int | None]
         open_count = ends.count(None)
@@ -498,7 +497,7 @@ def _quick_batch(
             if None in set(map(_get_tzinfo, parsed)):
                 return None
             completed: list[int] = list(
-                map(_floordiv, map(_sub, parsed, repeat(_EPOCH)), repeat(_MICROSECOND))
+                map(_floordiv, map(_sub, parsed, repeat(EPOCH)), repeat(_MICROSECOND))
             )
             if any(map(operator.lt, completed, start_us)):
                 return None
@@ -511,7 +510,7 @@ def _quick_batch(
                 return None
             for n, us in zip(
                 done,
-                map(_floordiv, map(_sub, parsed, repeat(_EPOCH)), repeat(_MICROSECOND)),
+                map(_floordiv, map(_sub, parsed, repeat(EPOCH)), repeat(_MICROSECOND)),
                 strict=True,
             ):
                 if us < start_us[n]:
