@@ -38,7 +38,7 @@ and reports it with `record`, and reads `limit` before it sends the next one.
 from __future__ import annotations
 
 import math
-from typing import Final, Literal, Protocol
+from typing import Final, Literal, Protocol, runtime_checkable
 
 from ._exceptions import APIConnectionError, APIStatusError
 
@@ -73,6 +73,7 @@ def outcome_of(error: BaseException | None) -> Outcome:
     return "ignore"
 
 
+@runtime_checkable
 class Concurrency(Protocol):
     """What the queue needs: the current limit, and a report of every finished request."""
 
@@ -227,6 +228,11 @@ def concurrency_from(max_in_flight: int | str | Concurrency) -> Concurrency:
     if isinstance(max_in_flight, int):
         return FixedConcurrency(max_in_flight)
     if not isinstance(max_in_flight, str):
+        if not isinstance(max_in_flight, Concurrency):  # a float, say: refused at once
+            raise TypeError(
+                "max_in_flight must be 'adaptive', an int or a limiter (with `limit` and "
+                f"`record`), got {type(max_in_flight).__name__}"
+            )
         return max_in_flight
     if max_in_flight != "adaptive":
         raise ValueError(f"max_in_flight must be 'adaptive' or an int, got {max_in_flight!r}")

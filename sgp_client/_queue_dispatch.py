@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import anyio
 from anyio.abc import TaskGroup
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 __all__ = ["Dispatcher"]
 
 logger = logging.getLogger("sgp_client.queue")
+#: The shortest wait before looking again for keys that nothing blocks, while everything
+#: pending waits on a key in flight (so a flush_interval of 0 does not spin).
+_RECHECK: Final = 0.01
 
 
 class Dispatcher:
@@ -127,7 +130,10 @@ class Dispatcher:
             taken = pending.take_batch()
             if taken is None:
                 # Everything pending waits on a key in flight: a finished batch unblocks it.
-                await self._wait_wake(math.inf, saturated=True)
+                # Meanwhile new keys may arrive that nothing blocks: look again every
+                # flush_interval (not saturated, so a batch's worth wakes us sooner), or they
+                # would wait for that batch, up to its whole retry_deadline in an outage.
+                await self._wait_wake(max(self._config.flush_interval, _RECHECK), saturated=False)
                 continue
             senders.start_soon(self._run_batch, *taken)
 

@@ -353,8 +353,9 @@ class SGPTracingProcessor:
         ``SpanDroppedError`` when the write was dropped, so a caller such as a Temporal
         activity fails and is retried elsewhere; ``QueueNotRunningError`` when the sink is
         not running. An event the processor itself cannot turn into an item is counted in
-        ``stats`` (as by ``on_span_start``) and not raised. With ``send_starts=False`` it
-        returns at once. Once it returns, ``span`` (or its ``to_dict()``) may be handed to
+        ``stats`` (as by ``on_span_start``) and not raised. With ``send_starts=False``, or a
+        sink that cannot be awaited (no ``upsert``: the start is submitted), it returns at
+        once. Once it returns, ``span`` (or its ``to_dict()``) may be handed to
         another process: no write of this process can overtake that process's end.
         """
         if self._send_starts:
@@ -368,7 +369,13 @@ class SGPTracingProcessor:
     async def _deliver(self, span: Span, completed: bool) -> None:
         sink = self._awaitable
         if sink is None:
-            raise TypeError(f"{type(self._sink).__name__} has no awaitable upsert(item)")
+            # A sink that cannot be awaited (``submit`` only): the event goes in as by
+            # on_span_start / on_span_end, and there is nothing to wait for.
+            if completed:
+                self.on_span_end(span)
+            else:
+                self.on_span_start(span)
+            return
         if not self._open:
             self._drop("shutdown", "span %r dropped: the processor is shut down", span.id)
             return

@@ -26,7 +26,7 @@ from typing import Any, Final, ParamSpec, TypeVar, cast, overload
 
 import anyio
 
-from sgp_client import SPAN_STATUSES, new_span_id
+from sgp_client import SPAN_STATUSES, SGPError, new_span_id
 from sgp_client._constants import EPOCH
 
 from ._coerce import fix_str
@@ -418,14 +418,24 @@ class Tracer:
             self._processor_failed("end_span", exc)
 
     async def _deliver(self, span: Span, *, completed: bool) -> None:
-        """Hand ``span`` to every processor, awaiting those that deliver (in order)."""
+        """Hand ``span`` to every processor, awaiting those that deliver (in order).
+
+        A write that was not delivered (``SGPError``: ``SpanDroppedError``, a queue not
+        running) is the caller's to see, which is the point; it is raised once every
+        processor has had the event, so one processor's failure costs the others nothing.
+        """
+        undelivered: SGPError | None = None
         for processor in self._processors:
             if isinstance(processor, DeliveringProcessor):
-                # Awaited, and its SpanDroppedError is the caller's to see: that is the point.
-                if completed:
-                    await processor.deliver_end(span)
-                else:
-                    await processor.deliver_start(span)
+                try:
+                    if completed:
+                        await processor.deliver_end(span)
+                    else:
+                        await processor.deliver_start(span)
+                except SGPError as exc:
+                    undelivered = undelivered or exc
+                except Exception as exc:  # a processor must never break the caller
+                    self._processor_failed("deliver_end" if completed else "deliver_start", exc)
                 continue
             try:
                 if completed:
@@ -434,6 +444,8 @@ class Tracer:
                     processor.on_span_start(span)
             except Exception as exc:  # a processor must never break the caller
                 self._processor_failed("on_span_end" if completed else "on_span_start", exc)
+        if undelivered is not None:
+            raise undelivered
 
     def shutdown(self) -> None:
         """Call ``shutdown()`` on every processor, each isolated from the others."""

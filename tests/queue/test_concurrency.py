@@ -172,3 +172,15 @@ def test_concurrency_from_the_queue_setting() -> None:
         concurrency_from("fast")
     with pytest.raises(TypeError):
         concurrency_from(True)
+
+
+@pytest.mark.parametrize("value", [8.0, None, object(), [4]])
+def test_a_setting_that_is_no_limiter_is_refused_when_the_queue_is_built(value: object) -> None:
+    # Refused by the queue's config, with a TypeError naming the setting: never an
+    # AttributeError inside the running dispatcher, which would cancel the caller's block.
+    from sgp_client._queue_config import QueueConfig
+
+    with pytest.raises(TypeError, match="max_in_flight"):
+        concurrency_from(value)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="max_in_flight"):
+        QueueConfig(max_in_flight=value)  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from sgp_client import (
     AsyncSGPClient,
     DropReason,
     QueueStats,
+    SGPError,
     SpanDroppedError,
     SpanItem,
     UpsertQueue,
@@ -148,17 +149,6 @@ async def test_the_block_form_without_starts_writes_ends_only(
     assert control.stats()["items_received"] == 2
 
 
-async def test_deliver_needs_a_sink_that_can_be_awaited() -> None:
-    class SubmitOnly:
-        def submit(self, item: SpanItem, /) -> None:
-            pass
-
-    processor = SGPTracingProcessor(SubmitOnly())
-    span = Span(id="s", trace_id="t", name="n", start_time=datetime.now(UTC))
-    with pytest.raises(TypeError, match="upsert"):
-        await processor.deliver_start(span)
-
-
 async def test_deliver_through_a_recording_sink() -> None:
     sink = RecordingSink()
     tracer = Tracer(SGPTracingProcessor(sink))
@@ -167,3 +157,35 @@ async def test_deliver_through_a_recording_sink() -> None:
     assert len(sink.records) == 2
     assert sink.by_name("recorded")["output"] == {"o": 2}
     assert sink.violations == []
+
+
+class _SubmitOnly:
+    """A third-party sink: ``submit`` only, nothing to await."""
+
+    def __init__(self) -> None:
+        self.items: list[SpanItem] = []
+
+    def submit(self, item: SpanItem, /) -> None:
+        self.items.append(item)
+
+
+async def test_a_sink_that_cannot_be_awaited_still_gets_the_delivered_events() -> None:
+    sink = _SubmitOnly()
+    processor = SGPTracingProcessor(sink)
+    tracer = Tracer(processor)
+    span = await tracer.start_span_delivered("tool", input={"a": 1})
+    await tracer.end_span_delivered(span, output={"b": 2})
+    assert [item.completed for item in sink.items] == [False, True]
+    assert processor.stats.dropped == {}
+
+
+async def test_one_processor_that_drops_does_not_cost_the_others_the_event(
+    client: AsyncSGPClient,
+) -> None:
+    async with UpsertQueue(client, flush_interval=NEVER) as queue:
+        pass  # closed: its processor's awaited start cannot be delivered
+    recording = RecordingSink()
+    tracer = Tracer([SGPTracingProcessor(queue), SGPTracingProcessor(recording)])
+    with pytest.raises(SGPError):
+        await tracer.start_span_delivered("tool")
+    assert len(recording.starts) == 1  # the second processor still had the event
