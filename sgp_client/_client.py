@@ -220,11 +220,14 @@ class AsyncSGPClient:
         content: bytes | None = None,
         params: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        need_body: bool = True,
     ) -> httpx.Response:
         """Send one request, no retries; translate failures into the ``SGPError`` tree.
 
         Returns the (fully read) response of a 2xx answer; raises ``APIStatusError``
-        subclasses otherwise, ``ResponseTooLargeError`` past ``limits``.
+        subclasses otherwise, ``ResponseTooLargeError`` past ``limits``. With
+        ``need_body=False`` (the queue, which only needs to know the write succeeded) a 2xx
+        whose body is past the limits or cannot be decoded is returned with an empty body.
         """
         self._check_usable()
         url = self._config.base_url + path
@@ -242,7 +245,7 @@ class AsyncSGPClient:
             # Even on a caller's http_client: a redirect would carry the key elsewhere.
             streamed = await self._http.send(request, stream=True, follow_redirects=False)
             try:
-                body, unreadable = await self._read(streamed, method, url)
+                body, unreadable = await self._read(streamed, method, url, need_body)
             finally:
                 # Unread bytes (a limit, a failure): the transport closes the connection.
                 await streamed.aclose()
@@ -274,14 +277,16 @@ class AsyncSGPClient:
         return response
 
     async def _read(
-        self, response: httpx.Response, method: str, url: str
+        self, response: httpx.Response, method: str, url: str, need_body: bool
     ) -> tuple[bytes, str | None]:
-        """The body and, for an error status whose body could not be read, why not."""
+        """The body and, when it could not be read (an error status, or a 2xx whose body is
+        not needed), why not."""
         try:
             return await read_body(response, self.limits, method, url), None
         except (ResponseTooLargeError, ResponseDecodingError) as exc:
-            # An error status stays what it is (a 503 is retried) whatever its body holds.
-            if response.status_code < 300:
+            # An error status stays what it is (a 503 is retried) whatever its body holds,
+            # and a success is one (the spans are stored) for a caller that needs no body.
+            if response.status_code < 300 and need_body:
                 raise
             return b"", f"<body not read: {type(exc).__name__}>"
 

@@ -251,7 +251,10 @@ class Dispatcher:
         timeout = self._config.request_timeout
         try:
             with anyio.fail_after(timeout):
-                await self._client.send_once("PUT", BATCH_PATH, content=body, timeout=timeout)
+                # The echoed spans are not needed: a 2xx is a delivery, whatever its body.
+                await self._client.send_once(
+                    "PUT", BATCH_PATH, content=body, timeout=timeout, need_body=False
+                )
         except TimeoutError:
             raise APITimeoutError(
                 f"PUT {BATCH_PATH} took longer than request_timeout={timeout} s",

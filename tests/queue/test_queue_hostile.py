@@ -138,6 +138,26 @@ async def test_an_empty_gzip_body_is_delivered_once_and_a_401_not_retried() -> N
     assert stats.requests == 2  # a 200 went out 5-6 times and was retries_exhausted
 
 
+async def test_a_2xx_is_a_delivery_whatever_its_body_holds() -> None:
+    # The spans are stored: an echo past the client's limits or in an unknown coding is no
+    # reason to count them dropped (or to retry them, and halve the adaptive limit).
+    from sgp_client import ResponseLimits
+
+    too_big = http(b'{"items": [' + b"0," * 4096 + b"0]}")
+    unknown_coding = http(gzip.compress(b"{}"), b"content-encoding: gzip, x-unknown")
+    with HostileServer(replies(too_big, unknown_coding)) as server:
+        limits = ResponseLimits(max_body_bytes=1024, max_decoded_bytes=1024)
+        async with client_for(server, limits=limits) as client, queue_of(client) as queue:
+            queue.submit(item("echoed too much"))
+            await queue.flush()
+            queue.submit(item("echoed in a strange coding"))
+            await queue.flush()
+            stats = queue.stats
+    assert stats.delivered == 2
+    assert stats.dropped == {}
+    assert (stats.requests, stats.retries) == (2, 0)
+
+
 async def test_an_echoed_key_and_a_16_mib_detail_stay_out_of_drops_and_logs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
