@@ -180,6 +180,7 @@ class _WorkerTracing:
         self._send_starts = send_starts
         self._users = 0
         self._holder: asyncio.Task[None] | None = None
+        self._opened = asyncio.Event()
         self._stop = asyncio.Event()
         self.queue: UpsertQueue | None = None
         self.processor: SGPTracingProcessor | None = None
@@ -190,17 +191,25 @@ class _WorkerTracing:
     async def running(self) -> AsyncIterator[None]:
         """Open the client and queue for the first worker of the process, close after the last."""
         if self._holder is None:
-            opened = asyncio.Event()
+            self._opened = asyncio.Event()
             self._stop = asyncio.Event()
             # Their own task: a queue is closed in the task that opened it (its task group),
             # and the first worker to start need not be the last to stop.
-            self._holder = asyncio.get_running_loop().create_task(self._hold(opened, self._stop))
-            waiter = asyncio.ensure_future(opened.wait())
-            await asyncio.wait([self._holder, waiter], return_when=asyncio.FIRST_COMPLETED)
+            self._holder = asyncio.get_running_loop().create_task(
+                self._hold(self._opened, self._stop)
+            )
+        # Every worker waits for the open, not only the first: a second one starting while
+        # the queue is still opening must not run without it (or past a failed open).
+        holder = self._holder
+        waiter = asyncio.ensure_future(self._opened.wait())
+        try:
+            await asyncio.wait([holder, waiter], return_when=asyncio.FIRST_COMPLETED)
+        finally:
             waiter.cancel()
-            if self._holder.done():
-                holder, self._holder = self._holder, None
-                holder.result()  # the client or queue failed to open: raise that
+        if holder.done():
+            if self._holder is holder:
+                self._holder = None
+            holder.result()  # the client or queue failed to open: raise that
         self._users += 1
         try:
             yield

@@ -237,3 +237,34 @@ async def test_the_plugin_configures_the_worker_for_draining_and_the_sandbox(
         getattr(fn, "__temporal_activity_definition").name for fn in config.get("activities", [])
     }
     assert activity_names == {START_SPAN_ACTIVITY, END_SPAN_ACTIVITY}
+
+
+async def test_a_worker_starting_while_the_queue_opens_waits_for_it(legacy_app: Any) -> None:
+    # Two workers of one process start together; the client takes a while to open. The
+    # second must not run its activities without the queue the first is still opening.
+    from sgp_tracing.temporal import _WorkerTracing
+
+    class SlowClient(AsyncSGPClient):
+        async def __aenter__(self) -> SlowClient:
+            await asyncio.sleep(0.2)
+            await super().__aenter__()
+            return self
+
+    def make_slow() -> AsyncSGPClient:
+        return SlowClient(
+            api_key=DEFAULT_API_KEY,
+            account_id=DEFAULT_ACCOUNT_ID,
+            base_url=IN_PROCESS_BASE_URL,
+            transport=asgi_transport(legacy_app),
+            backoff=FAST_BACKOFF,
+        )
+
+    tracing = _WorkerTracing(make_slow, {}, {}, True)
+    seen: list[bool] = []
+
+    async def worker() -> None:
+        async with tracing.running():
+            seen.append(tracing.processor is not None)
+
+    await asyncio.gather(worker(), worker())
+    assert seen == [True, True]
