@@ -174,25 +174,26 @@ def from_agentex_span(span: AgentexSpan, *, identity: Mapping[str, str] = _NO_ID
     )
 
 
-async def _deliver_starts(processor: TracingProcessor, spans: list[Span]) -> None:
-    """Hand ``spans`` to the processor and return once their starts are delivered.
+async def _deliver(processor: TracingProcessor, spans: list[Span], *, completed: bool) -> None:
+    """Hand ``spans`` to the processor and return once their writes are delivered.
 
     Awaited concurrently, so the queue's group commit sends them in one request. Raises the
     first ``SGPError`` (``SpanDroppedError``, ``QueueNotRunningError``) when one was not
-    delivered, after every other start was. A processor that cannot be awaited
+    delivered, after every other one was. A processor that cannot be awaited
     (``DeliveringProcessor``) gets them fire-and-forget.
     """
     if not isinstance(processor, DeliveringProcessor):
-        processor.on_spans_start(spans)
+        (processor.on_spans_end if completed else processor.on_spans_start)(spans)
         return
+    deliver_one = processor.deliver_end if completed else processor.deliver_start
     if len(spans) == 1:
-        await processor.deliver_start(spans[0])
+        await deliver_one(spans[0])
         return
     failures: list[SGPError] = []
 
     async def deliver(span: Span) -> None:
         try:
-            await processor.deliver_start(span)
+            await deliver_one(span)
         except SGPError as exc:  # collected, not a task-group failure: the others go on
             failures.append(exc)
 
@@ -247,29 +248,33 @@ class AgentexTracingProcessor(_AgentexProcessor):  # type: ignore[misc, unused-i
 
     async def on_span_start(self, span: AgentexSpan) -> None:
         """agentex started a span: returns once its start is delivered."""
-        await self.on_spans_start((span,))
+        await self._deliver_all((span,), completed=False)
 
     async def on_span_end(self, span: AgentexSpan) -> None:
-        """agentex ended a span."""
-        converted = self._convert(span)
-        if converted is not None:
-            self._call("on_span_end", converted)
+        """agentex ended a span: returns once its end is delivered."""
+        await self._deliver_all((span,), completed=True)
 
     async def on_spans_start(self, spans: Iterable[AgentexSpan]) -> None:
         """agentex started several spans: returns once their starts are delivered."""
+        await self._deliver_all(spans, completed=False)
+
+    async def on_spans_end(self, spans: Iterable[AgentexSpan]) -> None:
+        """agentex ended several spans: returns once their ends are delivered."""
+        await self._deliver_all(spans, completed=True)
+
+    async def _deliver_all(self, spans: Iterable[AgentexSpan], *, completed: bool) -> None:
+        # Awaited: agentex awaits its processors inside its start-span and end-span
+        # activities, so an activity completes only once its write is delivered (a worker
+        # SIGKILLed before that loses nothing: Temporal retries the activity elsewhere).
         converted = self._convert_all(spans)
-        if not converted:  # nothing to wait for (a flush would wait for everyone's writes)
+        if not converted:  # nothing to wait for
             return
         try:
-            await _deliver_starts(self.processor, converted)
+            await _deliver(self.processor, converted, completed=completed)
         except SGPError:
             raise  # not delivered: agentex (or Temporal) should know
         except Exception as exc:  # a broken processor
-            self._failed("on_spans_start", exc)
-
-    async def on_spans_end(self, spans: Iterable[AgentexSpan]) -> None:
-        """agentex ended several spans."""
-        self._call("on_spans_end", self._convert_all(spans))
+            self._failed("on_spans_end" if completed else "on_spans_start", exc)
 
     async def shutdown(self) -> None:
         """Shut the wrapped processor down (the sink stays with its owner)."""
@@ -295,12 +300,6 @@ class AgentexTracingProcessor(_AgentexProcessor):  # type: ignore[misc, unused-i
         except Exception as exc:  # a broken iterable
             self._failed("convert", exc)
         return converted
-
-    def _call(self, method: str, arg: Any) -> None:
-        try:
-            getattr(self.processor, method)(arg)
-        except Exception as exc:  # a broken processor
-            self._failed(method, exc)
 
     def _failed(self, where: str, exc: Exception) -> None:
         self._errors += 1
