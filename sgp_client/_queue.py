@@ -106,7 +106,8 @@ class UpsertQueue:
         flat and backs off on rising latency, 429/503 and timeouts), a fixed int, or a
         limiter object.
       max_pending, max_pending_bytes: the memory bound; past it starts are shed first.
-      retry_deadline: how long a batch's transient failures are retried, from its first try.
+      retry_deadline: how long an item's transient failures are retried, from when it was
+        queued (its batch's oldest item): a write never outlives it by more than one request.
       request_timeout: seconds for one request.
       shutdown_timeout: how long exit waits for the drain.
       on_drop: ``callback(items, reason, error)`` called for every drop.

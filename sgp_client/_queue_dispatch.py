@@ -184,7 +184,11 @@ class Dispatcher:
         pending = self._pending
         settled = False
         try:
-            await self._deliver(batch, time.monotonic() + self._config.retry_deadline)
+            # A per-item deadline, from when the batch's oldest item was queued: time spent
+            # waiting for a free slot (an outage) counts, so no write outlives it by more
+            # than one request (what sgp_tracing.temporal's activity timeout relies on).
+            queued = min(entry.created for entry in batch)
+            await self._deliver(batch, queued + self._config.retry_deadline)
             settled = True  # _deliver settles every entry on each of its returns
         except Exception as exc:
             # A bug here must never kill the dispatcher: account for the items and go on.

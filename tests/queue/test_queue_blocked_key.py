@@ -1,7 +1,9 @@
-"""A key waiting behind its own write in flight must not hold back keys that nothing blocks.
+"""Waiting for a slot or for a key's write in flight: what it must not cost the other items.
 
-The server here is written for the test (an ``httpx.MockTransport``): it holds every request
-that carries span ``slow`` until the test lets it go, and answers the others at once.
+A key waiting behind its own write in flight must not hold back keys that nothing blocks,
+and the time an item waits for a free slot counts against its retry deadline. The servers
+here are written for the tests (``httpx.MockTransport``): they hold the requests that carry
+one span, and answer the others.
 """
 
 from __future__ import annotations
@@ -62,3 +64,41 @@ async def test_a_new_key_is_sent_while_another_key_waits_on_its_write_in_flight(
     assert sent[0] == ["slow"]
     assert ["other"] in sent
     assert sent[-1] == ["slow"]  # the end of "slow", once its start was answered
+
+
+async def test_the_retry_deadline_counts_from_when_an_item_was_queued() -> None:
+    # One slot, taken by a request the server holds for 1 s; meanwhile another item waits
+    # for the slot. Its retry deadline (0.3 s) has passed by the time it is sent: it gets
+    # one try, not another 0.3 s of retries on top of the second it already waited.
+    tries: dict[str, int] = {}
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        ids = [item["id"] for item in json.loads(request.content)["items"]]
+        for span_id in ids:
+            tries[span_id] = tries.get(span_id, 0) + 1
+        if "held" in ids:
+            await anyio.sleep(1.0)
+            return httpx.Response(200, json={"items": [], "object": "list"})
+        return httpx.Response(503, json={"detail": "busy"})
+
+    async with (
+        AsyncSGPClient(
+            api_key="test-key",
+            account_id="test-account",
+            base_url="http://127.0.0.1/public",
+            transport=httpx.MockTransport(handler),
+            backoff=FAST_BACKOFF,
+        ) as client,
+        UpsertQueue(client, flush_interval=0.01, max_in_flight=1, retry_deadline=0.3) as queue,
+    ):
+        queue.submit(span_item(id="held"))
+        with anyio.fail_after(5):
+            while "held" not in tries:
+                await anyio.sleep(0.005)
+        queue.submit(span_item(id="late"))
+        assert await queue.flush(timeout=5)
+        stats = queue.stats
+    assert tries == {"held": 1, "late": 1}
+    assert stats.delivered == 1
+    assert stats.dropped == {"retries_exhausted": 1}
+    assert stats.balanced
