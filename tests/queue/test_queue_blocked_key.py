@@ -71,12 +71,14 @@ async def test_the_retry_deadline_counts_from_when_an_item_was_queued() -> None:
     # for the slot. Its retry deadline (0.3 s) has passed by the time it is sent: it gets
     # one try, not another 0.3 s of retries on top of the second it already waited.
     tries: dict[str, int] = {}
+    held_seen = anyio.Event()
 
     async def handler(request: httpx.Request) -> httpx.Response:
         ids = [item["id"] for item in json.loads(request.content)["items"]]
         for span_id in ids:
             tries[span_id] = tries.get(span_id, 0) + 1
         if "held" in ids:
+            held_seen.set()
             await anyio.sleep(1.0)
             return httpx.Response(200, json={"items": [], "object": "list"})
         return httpx.Response(503, json={"detail": "busy"})
@@ -93,8 +95,7 @@ async def test_the_retry_deadline_counts_from_when_an_item_was_queued() -> None:
     ):
         queue.submit(span_item(id="held"))
         with anyio.fail_after(5):
-            while "held" not in tries:
-                await anyio.sleep(0.005)
+            await held_seen.wait()
         queue.submit(span_item(id="late"))
         assert await queue.flush(timeout=5)
         stats = queue.stats

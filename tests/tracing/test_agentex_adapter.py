@@ -133,7 +133,9 @@ async def test_temporal_datetimes_take_the_processors_fast_path() -> None:
 
 
 @pytest.mark.anyio
-async def test_starts_and_ends_return_once_delivered(client: AsyncSGPClient, control: ServerControl) -> None:
+async def test_starts_and_ends_return_once_delivered(
+    client: AsyncSGPClient, control: ServerControl
+) -> None:
     # A flush interval no test waits out: only the adapter's awaited start can deliver it.
     async with UpsertQueue(client, flush_interval=3600) as queue:
         adapter = AgentexTracingProcessor.for_sink(queue, identity={"__source__": "agentex"})
