@@ -27,6 +27,11 @@ def _seconds(instance: Any, attribute: attrs.Attribute[float], value: float) -> 
         raise ValueError(f"{attribute.name} must be a finite number >= 0")
 
 
+def _positive_seconds(instance: Any, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0 or math.isinf(value):
+        raise ValueError(f"{attribute.name} must be a finite number > 0")
+
+
 def _batch_size(instance: Any, attribute: attrs.Attribute[int], value: int) -> None:
     if not 1 <= value <= MAX_BATCH_ITEMS:
         raise ValueError(f"{attribute.name} must be between 1 and {MAX_BATCH_ITEMS}")
@@ -57,7 +62,8 @@ class QueueConfig:
     max_pending: int = attrs.field(default=100_000, validator=_at_least_one)
     max_pending_bytes: int = attrs.field(default=128 * 1024 * 1024, validator=_at_least_one)
     retry_deadline: float = attrs.field(default=120.0, validator=_seconds)
-    request_timeout: float = attrs.field(default=30.0, validator=_seconds)
+    # 0 would time every request out: refused.
+    request_timeout: float = attrs.field(default=30.0, validator=_positive_seconds)
     shutdown_timeout: float = attrs.field(default=10.0, validator=_seconds)
     backoff: Backoff = attrs.field(factory=lambda: Backoff(initial=0.1, maximum=2.0))
     remember_completed: int = attrs.field(default=10_000, validator=_not_negative)

@@ -76,7 +76,7 @@ def server(server_process: ServerProcess) -> ServerProcess:
 @pytest.fixture(params=["prepared", "submit_only"])
 def sink_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test with ``RecordingSink`` taking the processor's fast path
-    (``submit_prepared``, as ``UpsertQueue`` does) and with a submit-only sink."""
+    (``submit_record``, as ``UpsertQueue`` does) and with a submit-only sink."""
     from sgp_tracing.testing import RecordingSink
 
     monkeypatch.setattr(RecordingSink, "PREPARED_DEFAULT", request.param == "prepared")

@@ -5,7 +5,7 @@ span's start and end, produced three ways: ``burst`` through the tracer (``async
 tracer.trace(...)``, the SDK as an agent uses it, as the peers' runners use their own span
 APIs), ``burst-items`` straight into the queue (a validated `SpanItem` per start and per
 end, ``queue.submit``), and ``burst-prepared`` through the queue's fast API
-(``queue.submit_prepared``, as `SGPTracingProcessor` calls it: the queue's own throughput,
+(``queue.submit_record``, as `SGPTracingProcessor` calls it: the queue's own throughput,
 without the tracer's span objects). Peers: the same count through their runners, twice: with
 `time.sleep(0)` per span (scenario ``burst``, the like-for-like comparison: a producer that
 yields once per span) and without (``burst-noyield``: a producer that never lets the peer's

@@ -1263,6 +1263,7 @@ async def test_constructor_validates_settings(client: AsyncSGPClient) -> None:
         {"flush_interval": -1.0},
         {"retry_deadline": float("nan")},
         {"shutdown_timeout": float("inf")},
+        {"request_timeout": 0.0},
     ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             UpsertQueue(client, **bad)

@@ -39,7 +39,7 @@ def test_tiny_burst_delivers_every_span_on_both_backends() -> None:
     rows = collect(["burst"], sizes, with_peers=False, quiet=True)
 
     ours = [row for row in rows if row.system == OURS]
-    # Every producer (the tracer, SpanItems into the queue, submit_prepared) on both backends.
+    # Every producer (the tracer, SpanItems into the queue, submit_record) on both backends.
     assert sorted((row.scenario, row.backend, row.extra["producer"]) for row in ours) == [
         ("burst", "asyncio", "tracer"),
         ("burst", "trio", "tracer"),

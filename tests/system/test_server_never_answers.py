@@ -13,7 +13,8 @@ and trio. What each layer promises:
 
 Other tests use a hung server for another promise and stay with it: ``flush(timeout=)`` in
 ``tests/queue/test_queue.py``, ``on_drop`` at shutdown there, Ctrl-C during a flush in
-``test_reliability.py``, a timed-out connection not being reused in ``test_wire.py``.
+``test_reliability.py``, a timed-out connection not being reused in
+``tests/transport/test_transport.py``.
 """
 
 from __future__ import annotations

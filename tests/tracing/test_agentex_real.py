@@ -114,7 +114,7 @@ class ToolError(Exception):
 
 
 class PathSink:
-    """An ``UpsertQueue`` seen through: counts the processor's fast path (``submit_prepared``)
+    """An ``UpsertQueue`` seen through: counts the processor's fast path (``submit_record``)
     and its slow one (``submit``)."""
 
     def __init__(self, queue: UpsertQueue) -> None:
