@@ -49,6 +49,7 @@ def _ours(bench: Bench, backend: str) -> Row:
         return result, stored
 
     result, stored = anyio.run(main, backend=backend)
+    reopened = int(bench.server.stats()["reopened"])  # the bench server is the legacy store
     bench.reset_server()
     spans = stored["expected"]
     dropped: dict[str, int] = {}
@@ -56,7 +57,7 @@ def _ours(bench: Bench, backend: str) -> Row:
         for reason, count in report["queue"]["dropped"].items():
             dropped[reason] = dropped.get(reason, 0) + int(count)
     notes = [
-        f"stuck {stored['running']}, missing {stored['missing']}",
+        f"stuck {stored['running']}, missing {stored['missing']}, reopened {reopened}",
         f"{result.cross_worker_ends:,} ends on another worker",
     ]
     if any(dropped.values()):
@@ -76,6 +77,7 @@ def _ours(bench: Bench, backend: str) -> Row:
             "agent_runs": result.traces,
             "stuck": stored["running"],
             "missing": stored["missing"],
+            "reopened": reopened,
             "cross_worker_ends": result.cross_worker_ends,
             "dropped": dropped,
             "balanced": all(r["queue"]["balanced"] for r in result.worker_reports),
