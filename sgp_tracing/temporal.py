@@ -254,7 +254,23 @@ class _WorkerTracing:
         # request with the writes other activities await meanwhile); SpanDroppedError when
         # it was dropped, which fails the attempt: Temporal retries it (the upsert is
         # idempotent). With send_starts=False a start returns at once.
-        await (processor.deliver_end if end else processor.deliver_start)(span)
+        delivery = asyncio.ensure_future(
+            (processor.deliver_end if end else processor.deliver_start)(span)
+        )
+        try:
+            await asyncio.shield(delivery)
+        except asyncio.CancelledError:
+            # The attempt is cancelled (the worker shuts down, its graceful timeout over)
+            # while its write is still queued here. Ending the attempt now would have Temporal
+            # retry it on another worker while this write can still land, after the retry's
+            # (a late start reopens a span on the legacy store). So it ends once the write is
+            # settled, delivered or dropped: the queue's per-item retry_deadline bounds that.
+            # Cancelled again (or the process killed), it ends at once: nothing of it is left
+            # to land later in a dead process.
+            await asyncio.wait([delivery])
+            if not delivery.cancelled():
+                delivery.exception()  # retrieved: the attempt ends as cancelled either way
+            raise
 
     @activity.defn(name=START_SPAN_ACTIVITY)
     async def start_span(self, payload: dict[str, Any]) -> None:

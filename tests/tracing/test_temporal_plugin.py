@@ -268,3 +268,48 @@ async def test_a_worker_starting_while_the_queue_opens_waits_for_it(legacy_app: 
 
     await asyncio.gather(worker(), worker())
     assert seen == [True, True]
+
+
+async def test_a_cancelled_attempt_ends_only_once_its_write_is_settled() -> None:
+    # The worker shuts down and cancels a span activity whose write is still in flight. If
+    # the attempt ended at once, Temporal would retry it elsewhere while this write could
+    # still land after the retry's; so it ends once the write is settled.
+    import json
+    from datetime import UTC, datetime
+
+    import httpx
+
+    from sgp_tracing import Span
+    from sgp_tracing.temporal import _WorkerTracing
+
+    release = asyncio.Event()
+    seen = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        assert json.loads(request.content)["items"][0]["id"] == "held"
+        seen.set()
+        await release.wait()
+        return httpx.Response(200, json={"items": [], "object": "list"})
+
+    def make() -> AsyncSGPClient:
+        return AsyncSGPClient(
+            api_key=DEFAULT_API_KEY,
+            account_id=DEFAULT_ACCOUNT_ID,
+            base_url=IN_PROCESS_BASE_URL,
+            transport=httpx.MockTransport(handler),
+            backoff=FAST_BACKOFF,
+        )
+
+    tracing = _WorkerTracing(make, {}, {}, True)
+    payload = Span(id="held", trace_id="t", name="tool", start_time=datetime.now(UTC)).to_dict()
+    async with tracing.running():
+        attempt = asyncio.ensure_future(tracing.start_span(payload))
+        await asyncio.wait_for(seen.wait(), 5)
+        attempt.cancel()
+        await asyncio.sleep(0.2)
+        assert not attempt.done()  # still waiting for its write
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(attempt, 5)
+        assert tracing.queue is not None
+        assert tracing.queue.stats.delivered == 1
