@@ -36,14 +36,16 @@ the end activity only after the start activity completed, so a span's in-progres
 stored before its completed one can be sent. A worker killed mid-activity (SIGKILL) loses
 nothing: the activity never completed, so Temporal runs it again on another worker.
 
-Two settings keep a stale start from landing after its end:
+Three rules keep a stale start from landing after its end:
 
 - the plugin raises the worker's ``graceful_shutdown_timeout`` to at least 10 s, so a
-  shutdown lets a running span activity finish instead of cancelling it (a cancelled
-  attempt's write stays queued and would race the retry's end);
+  shutdown lets a running span activity finish instead of cancelling it;
+- an attempt cancelled all the same ends only once its write is settled (delivered or
+  dropped), so Temporal retries it elsewhere only when nothing of it is left to land here;
 - the activities' ``start_to_close_timeout`` (3 minutes by default) exceeds the worker
-  queue's ``retry_deadline`` + ``request_timeout`` (150 s by default): by the time Temporal
-  gives up on an attempt, that attempt's write has been delivered or dropped.
+  queue's ``retry_deadline`` + ``request_timeout`` (150 s by default), and the queue's
+  deadline counts from when the write was queued: by the time Temporal gives up on an
+  attempt, that attempt's write has been delivered or dropped.
 """
 
 from __future__ import annotations
