@@ -175,9 +175,12 @@ class PendingMap:
 
         Appends to the intake; once memory looks full, folds, measures and sheds instead.
         Returns True when this record is news for the dispatcher: it started the intake (the
-        ``flush_interval`` clock starts), or the intake now holds a batch's worth of items
-        or bytes. (Asking the dispatcher after every record cost 0.1 us a record, measured:
-        5% of the hot-path row.)
+        ``flush_interval`` clock starts), or it made the intake reach a batch's worth of items,
+        or the pending bytes reach a batch's worth. Only the record that makes a condition
+        true is news: once told, the dispatcher folds the intake whenever it runs, and a
+        saturated one is woken by its finished batch. (Asking the dispatcher after every
+        record cost 0.1 us a record, measured: 5% of the hot-path row; asking it after every
+        record past a batch's worth, as this did before, cost 6-8% of the hot-path rows.)
         """
         if self.is_full(size):
             self._enqueue_when_full(record, size, redact, waiter)
@@ -188,14 +191,16 @@ class PendingMap:
         intake.append(record)
         self.submitted += 1
         self._intake_estimates += size
-        self.pending_bytes += size
+        bytes_before = self.pending_bytes
+        self.pending_bytes = bytes_before + size
         if waiter is not None:
             self._intake_waiters.setdefault((record.trace_id, record.id), []).append(waiter)
         config = self._config
+        items = len(intake)
         return (
-            len(intake) == 1
-            or len(intake) >= config.max_batch_size
-            or self.pending_bytes >= config.max_batch_bytes
+            items == 1
+            or items == config.max_batch_size
+            or bytes_before < config.max_batch_bytes <= bytes_before + size
         )
 
     def _enqueue_when_full(
