@@ -143,6 +143,10 @@ class Sizes:
     wan_runs: int = 3  # our rows are the median of this many runs, as in `burst`
     wan_peer_spans: int = 2_000
     wan_peer_timeout: float = 120.0
+    # wan, through agentex (at 150 ms): the same burst for our adapter and agentex's own
+    # processor, capped (agentex's span queue sends 3 batches of 200 at a time).
+    wan_agentex_spans: int = 10_000
+    wan_agentex_timeout: float = 120.0
 
 
 FULL: Final = Sizes()
@@ -161,6 +165,7 @@ QUICK: Final = Sizes(
     peer_timeout=60.0,
     wan_peer_spans=1_000,
     wan_peer_timeout=60.0,
+    wan_agentex_timeout=60.0,
 )
 
 

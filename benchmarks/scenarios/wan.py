@@ -13,7 +13,11 @@ Rows, at every latency (scenario ``wan-<ms>ms``, so ratios pair rows of one late
 - scale-gp-beta and OpenTelemetry at their defaults, `Sizes.wan_peer_spans` spans (fewer:
   scale-gp-beta sends 50 items a request, one request at a time) within
   `Sizes.wan_peer_timeout` seconds, with `time.sleep(0)` per span as in `burst`;
-- through agentex: agentex-sdk needs Python >= 3.12, so on an older Python the row says so.
+- through agentex, at 150 ms (`._agentex`): agentex's own ``AsyncTracer`` and span queue
+  with our adapter, and with agentex's own ``SGPAsyncTracingProcessor``, the same
+  `Sizes.wan_agentex_spans` spans each, capped at `Sizes.wan_agentex_timeout` seconds, the
+  ratios in our rows' notes; agentex-sdk needs Python >= 3.12, so elsewhere (or with the
+  peers not requested) a skipped row says why.
 
 Our rows say what bounded them (`_note_the_bound`): the share of the run spent producing
 (100%: delivered as fast as the client made the spans, its CPU ceiling) and how much of a
@@ -52,7 +56,7 @@ def run(bench: Bench) -> list[Row]:
     rows: list[Row] = []
     for latency in bench.sizes.wan_latencies:
         rows.extend(_at_latency(bench, latency))
-    rows.append(_agentex(bench))
+    rows.extend(_agentex(bench))
     return rows
 
 
@@ -147,17 +151,20 @@ def _peer(bench: Bench, system: str, latency: float, scenario: str) -> Row:
             sink.set_faults()
 
 
-def _agentex(bench: Bench) -> Row:
+def _agentex(bench: Bench) -> list[Row]:
+    """Through agentex at 150 ms (`._agentex`), or a skipped row saying why not."""
     scenario = scenario_name(0.15)
     if sys.version_info < (3, 12):
         reason = f"agentex-sdk needs Python >= 3.12, this is {sys.version.split()[0]}"
     elif importlib.util.find_spec("agentex") is None:
         reason = "agentex-sdk is not installed (pip install '.[agentex]' on Python >= 3.12)"
+    elif not bench.with_peers:
+        reason = "peers not requested (agentex's own processor is the comparison)"
     else:
-        # TODO(integration): agentex's AsyncTracer with sgp_tracing.agentex's processor
-        # against agentex's own SGP processor, once agentex-sdk installs here.
-        reason = "agentex-sdk is installed, but this row is not written yet"
-    row = skipped(bench, scenario, AGENTEX, bench.sizes.wan_spans, reason)
+        from ._agentex import agentex_rows
+
+        return agentex_rows(bench)
+    row = skipped(bench, scenario, AGENTEX, bench.sizes.wan_agentex_spans, reason)
     row.system = f"{OURS} via {AGENTEX}"
     row.backend = "asyncio"
-    return row
+    return [row]
