@@ -3,8 +3,9 @@
 One task (``run``) sleeps until a batch is due (a full batch, its bytes, the oldest item's
 ``flush_interval``, or a flush barrier), folds the intake, takes a batch from the pending map
 and starts a sender for it, while fewer than the in-flight limit are running. A sender
-classifies each failure of its batch (``_classify``): retry with backoff within the batch's
-deadline, bisect to isolate the items the server refuses, or drop with a reason.
+classifies each failure of its batch (``_classify``): retry with backoff until the deadline
+of its oldest item (``retry_deadline`` from when it was queued), split or bisect to isolate
+the items the server refuses, or drop with a reason.
 """
 
 from __future__ import annotations
