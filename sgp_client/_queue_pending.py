@@ -82,7 +82,7 @@ class Entry:
     ) -> None:
         self.key = key
         self.data = data
-        self.size = size  # len(data), or an upper estimate for a drop report
+        self.size = size  # len(data), or the estimate for a drop report
         self.completed = completed
         self.seq = seq  # submission number of the first item merged into this entry
         self.created = created
@@ -171,7 +171,7 @@ class PendingMap:
     def enqueue(
         self, record: SpanRecord, size: int, redact: Redactor | None, waiter: Waiter | None
     ) -> bool:
-        """Take one record (``size``: an upper estimate of its encoded size).
+        """Take one record (``size``: an estimate of its encoded size, ``estimate_size``).
 
         Appends to the intake; once memory looks full, folds, measures and sheds instead.
         Returns True when this record is news for the dispatcher: it started the intake (the

@@ -13,7 +13,7 @@ eventually sent, so a caller's dict changed afterwards changes nothing. There ar
 
 Timestamps may be an int of nanoseconds since the epoch, UTC (``time.time_ns()``): they are
 formatted when the record is encoded, to the microsecond. ``record_head`` is the record's JSON
-object without its content, and ``size`` an upper bound of its encoded size (the queue's
+object without its content, and ``size`` an estimate of its encoded size (the queue's
 memory accounting), filled in by both builders.
 """
 
@@ -69,7 +69,8 @@ class SpanRecord(NamedTuple):
     application_variant_id: str | None = None
     obs_trace_id: str | None = None
     obs_span_id: str | None = None
-    #: An upper bound of the encoded size, or 0 when not known (the queue estimates it).
+    #: An estimate of the encoded size (``estimate_size``), or 0 when not known (the queue
+    #: estimates it then).
     size: int = 0
 
     @property
@@ -127,15 +128,15 @@ def record_of(item: SpanItem) -> SpanRecord:
     if item.expected is not None:
         content["expected"] = item.expected
     snapshot = encode_content(content)
-    size = _size_of(item.name, item.id, item.trace_id, item.parent_id, item.group_id, snapshot)
     rare = (
         item.application_interaction_id,
         item.application_variant_id,
         item.obs_trace_id,
         item.obs_span_id,
     )
-    if rare != _NO_RARE_FIELDS:
-        size += _rare_size(rare)
+    size = _full_size(
+        item.name, item.id, item.trace_id, item.parent_id, item.group_id, snapshot, rare
+    )
     return SpanRecord(
         item.trace_id,
         item.id,
@@ -310,30 +311,40 @@ def _size_of(
     return size
 
 
-def _rare_size(values: tuple[str | None, ...]) -> int:
-    # The application and obs ids, when set: their keys are in the fixed part already.
-    return sum(4 * len(value) + 2 for value in values if value is not None)
+def _full_size(
+    name: str,
+    span_id: str,
+    trace_id: str,
+    parent_id: str | None,
+    group_id: str | None,
+    content: Content | None,
+    rare: tuple[str | None, ...],
+) -> int:
+    # _size_of, plus the application and obs ids when set (their keys are in the fixed part
+    # already).
+    size = _size_of(name, span_id, trace_id, parent_id, group_id, content)
+    if rare != _NO_RARE_FIELDS:
+        size += sum(4 * len(value) + 2 for value in rare if value is not None)
+    return size
 
 
 def estimate_size(record: SpanRecord) -> int:
-    """An upper bound of the record's encoded size, without encoding it."""
-    size = _size_of(
+    """An estimate of the record's encoded size, without encoding it (the name counted at
+    four bytes a character; ids by their length)."""
+    return _full_size(
         record.name,
         record.id,
         record.trace_id,
         record.parent_id,
         record.group_id,
         record.content,
+        (
+            record.application_interaction_id,
+            record.application_variant_id,
+            record.obs_trace_id,
+            record.obs_span_id,
+        ),
     )
-    rare = (
-        record.application_interaction_id,
-        record.application_variant_id,
-        record.obs_trace_id,
-        record.obs_span_id,
-    )
-    if rare != _NO_RARE_FIELDS:
-        size += _rare_size(rare)
-    return size
 
 
 # The application and obs ids unset (the usual case).
