@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
+import pydantic
 from starlette.types import ASGIApp
 
 from sgp_client import AsyncSGPClient, Backoff, QueueStats, SpanItem, UpsertQueue
@@ -138,3 +139,18 @@ async def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> 
         # Polling on purpose: server counters and the clock signal no event.
         while not predicate():  # noqa: ASYNC110
             await anyio.sleep(0.005)
+
+
+class AgentexSpan(pydantic.BaseModel):
+    """Field for field agentex.types.span.Span (a generated pydantic model)."""
+
+    id: str
+    name: str
+    start_time: datetime
+    trace_id: str
+    data: dict[str, object] | list[dict[str, object]] | None = None
+    end_time: datetime | None = None
+    input: dict[str, object] | list[dict[str, object]] | None = None
+    output: dict[str, object] | list[dict[str, object]] | None = None
+    parent_id: str | None = None
+    task_id: str | None = None

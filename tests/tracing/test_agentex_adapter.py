@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-import pydantic
 import pytest
 from pydantic_core import TzInfo
 
@@ -18,22 +17,7 @@ from sgp_client.testing import ServerControl
 from sgp_tracing import SGPTracingProcessor, Span
 from sgp_tracing.agentex import AgentexTracingProcessor, agent_metadata, from_agentex_span
 from sgp_tracing.testing import RecordingSink
-
-
-class AgentexSpan(pydantic.BaseModel):
-    """Field for field agentex.types.span.Span."""
-
-    id: str
-    name: str
-    start_time: datetime
-    trace_id: str
-    data: dict[str, object] | list[dict[str, object]] | None = None
-    end_time: datetime | None = None
-    input: dict[str, object] | list[dict[str, object]] | None = None
-    output: dict[str, object] | list[dict[str, object]] | None = None
-    parent_id: str | None = None
-    task_id: str | None = None
-
+from tests._helpers import AgentexSpan
 
 START = datetime(2025, 3, 1, 8, 30, tzinfo=UTC)
 

@@ -3,34 +3,18 @@
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-import pydantic
 import pytest
 
 from sgp_tracing import SGPTracingProcessor
 from sgp_tracing.agentex import AgentexTracingProcessor, agent_metadata, from_agentex_span
 from sgp_tracing.testing import RecordingSink
-from tests._helpers import START
+from tests._helpers import START, AgentexSpan
 
 # Every processor test runs through both of a sink's entry points (see conftest).
 pytestmark = pytest.mark.usefixtures("sink_path")
-
-
-class AgentexSpan(pydantic.BaseModel):
-    """Field for field agentex.types.span.Span (a generated pydantic model)."""
-
-    id: str
-    name: str
-    start_time: datetime
-    trace_id: str
-    data: dict[str, object] | list[dict[str, object]] | None = None
-    end_time: datetime | None = None
-    input: dict[str, object] | list[dict[str, object]] | None = None
-    output: dict[str, object] | list[dict[str, object]] | None = None
-    parent_id: str | None = None
-    task_id: str | None = None
 
 
 class PlainSpan:
